@@ -1,0 +1,27 @@
+"""Image normalisation: the one place where pixel values are turned into network inputs.
+
+Images are RGB. ``normalize_image`` maps uint8 [0, 255] (or float already in [0, 255]) to
+``(x / 255 - mean) / std`` with the ImageNet statistics used by HRNet and every backbone checkpoint we load
+(SPEC §6). Training pipelines, evaluation, prediction and the exported SavedModel / TFLite graphs all call it.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_image(image, dtype=tf.float32):
+    """uint8/float RGB image(s) in [0, 255] (..., 3) -> normalised float tensor."""
+    image = tf.cast(image, tf.float32) / 255.0
+    mean = tf.constant(IMAGENET_MEAN, tf.float32)
+    std = tf.constant(IMAGENET_STD, tf.float32)
+    return tf.cast((image - mean) / std, dtype)
+
+
+def denormalize_image(image):
+    """Inverse of :func:`normalize_image`, returning uint8 numpy RGB (for visualisation)."""
+    image = np.asarray(image, np.float32) * np.asarray(IMAGENET_STD, np.float32)
+    image = (image + np.asarray(IMAGENET_MEAN, np.float32)) * 255.0
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)

@@ -1,0 +1,1 @@
+"""gsto_tf.export."""

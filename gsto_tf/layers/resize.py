@@ -1,0 +1,108 @@
+"""The one place where tensors are resized.
+
+Every bilinear resize in gsto_tf (HRNet fuse layers, heads, GSTO scale changes, losses, inference) goes through
+this module, so the semantics are the same everywhere:
+
+* bilinear, ``align_corners=False`` (half-pixel centres) == PyTorch ``F.interpolate(..., align_corners=False)``
+  == ``tf.image.resize(..., 'bilinear')`` without antialiasing;
+* the target size may be dynamic (unknown at trace time): ``keras.ops.image.resize`` and
+  ``UpSampling2D(interpolation='bilinear')`` fail to export with unknown H/W (SPEC §9), ``tf.image.resize`` with
+  a size taken from ``tf.shape`` works;
+* the result is cast back to the input dtype, because ``tf.image.resize`` computes in float32 and would silently
+  promote bfloat16 / float16 activations under mixed precision.
+
+Labels must only ever be resized with :func:`resize_nearest`.
+"""
+
+import keras
+import tensorflow as tf
+
+
+def _as_size(size):
+    """Normalise a size argument (tuple, list, tensor) into an int32 tensor [2]."""
+    return tf.cast(tf.convert_to_tensor(size), tf.int32)
+
+
+def resize_bilinear(x, size):
+    """Bilinearly resize an NHWC (or HWC) tensor to ``size`` = (H, W), half-pixel centres, dtype preserved."""
+    out = tf.image.resize(x, _as_size(size), method="bilinear", antialias=False)
+    return tf.cast(out, x.dtype)
+
+
+def resize_nearest(x, size):
+    """Nearest-neighbour resize for label maps (NHWC / HWC, any dtype), dtype preserved."""
+    out = tf.image.resize(x, _as_size(size), method="nearest", antialias=False)
+    return tf.cast(out, x.dtype)
+
+
+def spatial_size(x):
+    """Dynamic (H, W) of an NHWC tensor as an int32 tensor [2]."""
+    return tf.shape(x)[1:3]
+
+
+@keras.saving.register_keras_serializable(package="gsto_tf")
+class BilinearResize(keras.layers.Layer):
+    """Bilinear resize (align_corners=False) of an NHWC tensor.
+
+    Call as ``layer(x)`` with a fixed ``size=(H, W)`` or ``scale`` factor given at construction, or as
+    ``layer([x, reference])`` to resize ``x`` to the (dynamic) spatial size of ``reference``. A scale factor
+    gives ``floor(H * scale)`` like PyTorch's ``F.interpolate(scale_factor=...)``.
+    """
+
+    def __init__(self, size=None, scale=None, **kwargs):
+        super().__init__(**kwargs)
+        if size is not None and scale is not None:
+            raise ValueError("BilinearResize: pass at most one of `size` and `scale`, got both.")
+        if size is not None:
+            size = tuple(int(s) for s in size)
+            if len(size) != 2 or min(size) <= 0:
+                raise ValueError(f"BilinearResize: `size` must be two positive ints (H, W), got {size}.")
+        if scale is not None and float(scale) <= 0:
+            raise ValueError(f"BilinearResize: `scale` must be > 0, got {scale}.")
+        self.size = size
+        self.scale = None if scale is None else float(scale)
+
+    def _target(self, inputs):
+        if isinstance(inputs, (list, tuple)):
+            if len(inputs) != 2:
+                raise ValueError(
+                    "BilinearResize: call with a tensor or with [tensor, reference]; "
+                    f"got a list of {len(inputs)} tensors."
+                )
+            if self.size is not None or self.scale is not None:
+                raise ValueError("BilinearResize: a reference tensor was given but `size`/`scale` is also set.")
+            x, ref = inputs
+            return x, spatial_size(ref)
+        x = inputs
+        if self.size is not None:
+            return x, tf.constant(self.size, tf.int32)
+        if self.scale is not None:
+            hw = tf.cast(spatial_size(x), tf.float32) * self.scale
+            return x, tf.cast(tf.floor(hw), tf.int32)
+        raise ValueError(
+            f"BilinearResize '{self.name}': no target; pass `size` or `scale`, or call with [x, reference]."
+        )
+
+    def call(self, inputs):
+        x, target = self._target(inputs)
+        return resize_bilinear(x, target)
+
+    def compute_output_shape(self, input_shape):
+        if isinstance(input_shape, (list, tuple)) and len(input_shape) == 2 and isinstance(
+            input_shape[0], (list, tuple)
+        ):
+            x_shape, ref_shape = input_shape
+            return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+        if self.size is not None:
+            return (input_shape[0], self.size[0], self.size[1], input_shape[3])
+        if self.scale is not None:
+            h, w = input_shape[1], input_shape[2]
+            h = None if h is None else int(h * self.scale)
+            w = None if w is None else int(w * self.scale)
+            return (input_shape[0], h, w, input_shape[3])
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"size": self.size, "scale": self.scale})
+        return config

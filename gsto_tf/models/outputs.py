@@ -1,0 +1,32 @@
+"""Names of model outputs and the loss weight each one gets in training.
+
+Every gsto_tf segmentation model returns a dict. ``"logits"`` is the final prediction; the other keys are
+auxiliary predictions used only for training (deep supervision). Keeping names and weights here means the
+models, the loss and the docs cannot disagree.
+"""
+
+FINAL_LOGITS = "logits"
+
+# GSTO-HRNet (SPEC §2): loss = CE(final) + 0.5 CE(stage-3 aux) + 0.3 CE(stage-2 aux).
+AUX_STAGE3 = "aux_stage3"
+AUX_STAGE2 = "aux_stage2"
+# PSPNet / DeepLab-style heads: the standard FCN auxiliary head on stage-3 features (weight 0.4).
+AUX_FCN = "aux_fcn"
+
+AUX_LOSS_WEIGHTS = {
+    FINAL_LOGITS: 1.0,
+    AUX_STAGE3: 0.5,
+    AUX_STAGE2: 0.3,
+    AUX_FCN: 0.4,
+}
+
+
+def loss_weight(output_name):
+    """Loss weight of a model output; raises for names that have none registered."""
+    try:
+        return AUX_LOSS_WEIGHTS[output_name]
+    except KeyError:
+        raise KeyError(
+            f"no loss weight registered for model output '{output_name}'; "
+            f"known outputs: {sorted(AUX_LOSS_WEIGHTS)} (see gsto_tf/models/outputs.py)"
+        ) from None
