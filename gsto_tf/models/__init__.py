@@ -1,5 +1,29 @@
-"""Segmentation models: HRNetV2, GSTO-HRNet, PPM / ASPP heads."""
+"""Segmentation models: HRNetV2, GSTO-HRNet, PPM / ASPP heads. Start with :func:`build`."""
 
+from gsto_tf.models.checkpoints import (
+    CheckpointError,
+    LoadReport,
+    load_checkpoint,
+    load_torch_weights,
+    read_state_dict,
+)
+from gsto_tf.models.factory import available_models, build, inference_model, register_model
+from gsto_tf.models.hrnet import build_hrnet, build_hrnet_backbone, hrnet_features
 from gsto_tf.models.outputs import AUX_LOSS_WEIGHTS, FINAL_LOGITS
 
-__all__ = ["AUX_LOSS_WEIGHTS", "FINAL_LOGITS"]
+__all__ = [
+    "AUX_LOSS_WEIGHTS",
+    "CheckpointError",
+    "FINAL_LOGITS",
+    "LoadReport",
+    "available_models",
+    "build",
+    "build_hrnet",
+    "build_hrnet_backbone",
+    "hrnet_features",
+    "inference_model",
+    "load_checkpoint",
+    "load_torch_weights",
+    "read_state_dict",
+    "register_model",
+]
