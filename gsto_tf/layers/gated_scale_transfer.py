@@ -190,23 +190,6 @@ class GatedScaleTransfer(keras.layers.Layer):
             outputs.append(gate if gate is not None else keras.ops.ones_like(x[..., :1]))
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
-    def compute_output_shape(self, input_shape, reference_shape=None, class_scores_shape=None):
-        n, h, w = input_shape[0], input_shape[1], input_shape[2]
-        if self.scale == "down":
-            if self.down_method == "conv":
-                h = None if h is None else (h + 2 - 3) // self.factor + 1
-                w = None if w is None else (w + 2 - 3) // self.factor + 1
-            else:
-                h = None if h is None else h // self.factor
-                w = None if w is None else w // self.factor
-        elif self.scale == "up":
-            if reference_shape is not None:
-                h, w = reference_shape[1], reference_shape[2]
-            else:
-                h = None if h is None else int(h * self.factor)
-                w = None if w is None else int(w * self.factor)
-        return (n, h, w, self.filters)
-
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -8,6 +8,7 @@ from gsto_tf.models.checkpoints import (
     read_state_dict,
 )
 from gsto_tf.models.factory import available_models, build, inference_model, register_model
+from gsto_tf.models.gates import gate_layer_names, gate_model
 from gsto_tf.models.hrnet import build_hrnet, build_hrnet_backbone, hrnet_features
 from gsto_tf.models.outputs import AUX_LOSS_WEIGHTS, FINAL_LOGITS
 
@@ -20,6 +21,8 @@ __all__ = [
     "build",
     "build_hrnet",
     "build_hrnet_backbone",
+    "gate_layer_names",
+    "gate_model",
     "hrnet_features",
     "inference_model",
     "load_checkpoint",

@@ -159,7 +159,7 @@ class LoadReport:
     loaded: list = dataclasses.field(default_factory=list)
     missing: list = dataclasses.field(default_factory=list)  # model weights without a key
     unexpected: list = dataclasses.field(default_factory=list)  # checkpoint keys the model does not have
-    mismatched: list = dataclasses.field(default_factory=list)  # (key, checkpoint shape, model shape)
+    mismatched: list = dataclasses.field(default_factory=list)  # (key, checkpoint shape, expected shape)
     ignored: list = dataclasses.field(default_factory=list)  # keys skipped by design (e.g. GSTO's att1)
     allowed_missing: list = dataclasses.field(default_factory=list)  # head weights absent from a backbone file
 
@@ -176,7 +176,7 @@ class LoadReport:
         for label, items in (
             ("missing in checkpoint", self.missing),
             ("unexpected in checkpoint", self.unexpected),
-            ("shape mismatch (key, checkpoint, model)", self.mismatched),
+            ("shape mismatch (key, checkpoint shape, expected shape)", self.mismatched),
             ("ignored by design", self.ignored),
             ("not in a backbone checkpoint (left initialised)", self.allowed_missing),
         ):
@@ -189,8 +189,7 @@ def _weight_layers(layer, prefix=""):
     """Yield (torch module path, leaf layer) for every weight-bearing leaf layer."""
     children = layer.layers if isinstance(layer, keras.Model) else getattr(layer, "_layers", [])
     path = f"{prefix}.{layer.name}" if prefix else layer.name
-    if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense,
-                          keras.layers.BatchNormalization)):
+    if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense, keras.layers.BatchNormalization)):
         yield path, layer
         return
     for child in children:
@@ -203,10 +202,7 @@ def torch_parameters(layer):
         pairs = [("weight", layer.gamma), ("bias", layer.beta), ("running_mean", layer.moving_mean),
                  ("running_var", layer.moving_variance)]
         return [(k, v, lambda a: a) for k, v in pairs if v is not None]
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        kernel = (layer.kernel, lambda a: np.transpose(a.reshape(-1, layer.depth_multiplier, *a.shape[2:]),
-                                                       (2, 3, 0, 1)))
-    elif isinstance(layer, keras.layers.Dense):
+    if isinstance(layer, keras.layers.Dense):
         kernel = (layer.kernel, lambda a: a.T)
     else:  # Conv2D: torch [O, I, kh, kw] -> keras [kh, kw, I, O]
         kernel = (layer.kernel, lambda a: np.transpose(a, (2, 3, 1, 0)))
@@ -261,15 +257,27 @@ def load_torch_weights(model, state_dict_or_path, strict=False, backbone_only=Fa
             else:
                 report.missing.append(key)
             continue
-        value = convert(np.asarray(state[key], np.float32))
-        if tuple(value.shape) != tuple(variable.shape):
-            report.mismatched.append((key, tuple(state[key].shape), tuple(variable.shape)))
+        value = np.asarray(state[key], np.float32)
+        expected_shape = _torch_shape(variable.shape, value.ndim)
+        if tuple(value.shape) != expected_shape:
+            report.mismatched.append((key, tuple(value.shape), expected_shape))
             continue
+        value = convert(value)
         variable.assign(value.astype(variable.dtype))
         report.loaded.append(key)
     if strict and not report.ok:
         raise CheckpointError("checkpoint does not match the model (strict load):\n" + report.summary())
     return report
+
+
+def _torch_shape(keras_shape, ndim):
+    """The PyTorch-layout shape a checkpoint tensor must have for a Keras variable (conv: [O, I, kh, kw])."""
+    shape = tuple(int(d) for d in keras_shape)
+    if len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    if len(shape) == 2:
+        return (shape[1], shape[0])
+    return shape
 
 
 def _infer_num_classes(state):

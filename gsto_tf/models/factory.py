@@ -59,4 +59,4 @@ def inference_model(model):
         outputs = outputs[out_names.FINAL_LOGITS]
     elif isinstance(outputs, (list, tuple)):
         outputs = outputs[0]
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_inference")
+    return keras.Model(model.input, outputs, name=f"{model.name}_inference")

@@ -1,0 +1,25 @@
+#!/usr/bin/env python
+"""Slide table: HRNetV2 vs GSTO-HRNet params and GFLOPs at 1024x2048, ours next to the paper's and the exact
+official counts (SPEC §5), plus every other width. Prints a table and writes benchmarks/results/counts.csv.
+
+    python benchmarks/counts.py [--all]
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gsto_tf.cli.counts import ALL_MODELS, SLIDE_MODELS, count_table, format_table, write_csv  # noqa: E402
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--all", action="store_true", help="all widths, not only the slide table")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "counts.csv"))
+    args = parser.parse_args()
+    rows = count_table(ALL_MODELS if args.all else SLIDE_MODELS)
+    print(format_table(rows))
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    write_csv(rows, args.out)
+    print(f"wrote {args.out}")

@@ -1,0 +1,48 @@
+"""`run.py convert`: official PyTorch checkpoint (.pth / .npz) -> Keras `.keras` (+ `.weights.h5`)."""
+
+import os
+import shutil
+import tempfile
+
+from gsto_tf.models.checkpoints import CheckpointError, load_checkpoint
+
+
+def add_arguments(parser):
+    parser.add_argument("checkpoint", help="official .pth (read without torch, no code executed) or .npz")
+    parser.add_argument("--model", required=True, help="model name, e.g. gsto_hrnet_w48 (see `run.py counts`)")
+    parser.add_argument("--num-classes", type=int, default=None, help="default: read from the checkpoint's head")
+    parser.add_argument("--output", required=True, help="output .keras path (a .weights.h5 is written beside it)")
+    parser.add_argument("--no-strict", action="store_true",
+                        help="load what matches and report the rest instead of failing on any mismatch")
+
+
+def save_model_atomically(model, path):
+    """Write ``path`` (.keras) and ``path`` with .weights.h5 through temp files + rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmpdir = tempfile.mkdtemp(dir=directory, prefix=".convert-")
+    try:
+        tmp_model = os.path.join(tmpdir, "model.keras")
+        tmp_weights = os.path.join(tmpdir, "model.weights.h5")
+        model.save(tmp_model)
+        model.save_weights(tmp_weights)
+        weights_path = path[: -len(".keras")] + ".weights.h5"
+        os.replace(tmp_weights, weights_path)
+        os.replace(tmp_model, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return path, weights_path
+
+
+def main(args):
+    if not args.output.endswith(".keras"):
+        raise SystemExit(f"--output: expected a path ending in .keras, got {args.output!r}")
+    try:
+        model, report = load_checkpoint(args.checkpoint, name=args.model, num_classes=args.num_classes,
+                                        strict=not args.no_strict)
+    except CheckpointError as exc:
+        raise SystemExit(f"convert failed: {exc}") from None
+    print(report.summary())
+    path, weights = save_model_atomically(model, args.output)
+    print(f"wrote {path} and {weights}")
+    return 0

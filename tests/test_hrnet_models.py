@@ -1,0 +1,91 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gsto_tf.models import available_models, build, build_hrnet_backbone, gate_model, inference_model
+from helpers import run_model_test
+
+
+def _x(h, w, n=1, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, h, w, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("name", ["hrnetv2_w18_small_v1", "gsto_hrnet_w18_small_v1"])
+@pytest.mark.parametrize("size", [(97, 131), (33, 45), (64, 64)])
+def test_output_shapes_on_odd_sizes(name, size):
+    model = build(name, 7)
+    out = model(_x(*size), training=False)
+    h, w = size
+    expected = (1, -(-(-(-h // 2)) // 2), -(-(-(-w // 2)) // 2), 7)  # ceil(ceil(n/2)/2)
+    for value in out.values():
+        assert tuple(value.shape) == expected
+    assert set(out) == ({"logits", "aux_stage3", "aux_stage2"} if name.startswith("gsto") else {"logits"})
+
+
+def test_model_round_trip_and_fit(tmp_path):
+    run_model_test(build("gsto_hrnet_w18_small_v1", 4), _x(32, 48, n=2), tmp_path=tmp_path)
+
+
+def test_aux_flag_and_inference_model():
+    model = build("gsto_hrnet_w18_small_v1", 3, aux=False)
+    assert list(model.output) == ["logits"]
+    infer = inference_model(build("gsto_hrnet_w18_small_v1", 3))
+    assert infer(_x(40, 40)).shape == (1, 10, 10, 3)
+
+
+def test_gradients_reach_every_trainable_weight():
+    model = build("gsto_hrnet_w18_small_v1", 3)
+    x = _x(64, 64, n=2)  # big enough that the 1/16 class-map gate sees more than a few BN samples
+    with tf.GradientTape() as tape:
+        out = model(x, training=True)
+        loss = sum(tf.reduce_mean(tf.square(v)) for v in out.values())
+    grads = tape.gradient(loss, model.trainable_weights)
+    missing = [w.path for w, g in zip(model.trainable_weights, grads) if g is None or not np.any(g.numpy())]
+    assert not missing, missing
+
+
+def test_gate_values_official_and_paper_ranges():
+    x = _x(48, 64)
+    for style, lo, hi in (("official", 0.5, 1.0), ("paper", 0.0, 1.0)):
+        model = build("gsto_hrnet_w18_small_v1", 3, gate_style=style)
+        gates = gate_model(model)(x)
+        assert len(gates) == 4 + 9 + 16 + 2  # fusion gates of stages 2-4 (1 module each) + att2, att3
+        fusion = np.concatenate([g.numpy().ravel() for n, g in gates.items() if "att_layers" in n])
+        assert fusion.min() >= lo and fusion.max() < hi
+        if style == "paper":
+            assert fusion.min() < 0.5  # the paper gate can close below one half
+    with pytest.raises(ValueError, match="no GSTO gates"):
+        gate_model(build("hrnetv2_w18_small_v1", 3))
+
+
+def test_mixed_precision_keeps_float32_logits():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = build("gsto_hrnet_w18_small_v1", 3)
+    out = model(_x(32, 32))
+    assert all(v.dtype == tf.float32 for v in out.values())
+    assert model.get_layer("conv1").compute_dtype == "bfloat16"
+
+
+def test_backbone_exposes_four_strides():
+    backbone = build_hrnet_backbone("w18_small_v1")
+    feats = backbone(_x(64, 96))
+    assert {k: tuple(v.shape[1:3]) for k, v in feats.items()} == {
+        "stride4": (16, 24), "stride8": (8, 12), "stride16": (4, 6), "stride32": (2, 3)}
+    gsto = build_hrnet_backbone("w18_small_v1", gsto=True, num_classes=3)
+    assert {"aux_stage2", "aux_stage3"} <= set(gsto.output)
+
+
+def test_sync_batchnorm_option():
+    model = build("hrnetv2_w18_small_v1", 3, sync_batchnorm=True)
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert bns and all(l.synchronized for l in bns)
+
+
+def test_factory_errors_list_valid_names():
+    names = available_models()
+    assert {"hrnetv2_w48", "gsto_hrnet_w48", "gsto_hrnet_w18_small_v2"} <= set(names)
+    with pytest.raises(ValueError, match="valid names: .*gsto_hrnet_w48"):
+        build("gsto_hrnet_w64", 19)
+    with pytest.raises(ValueError, match="num_classes"):
+        build("hrnetv2_w18_small_v1", 0)
