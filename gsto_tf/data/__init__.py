@@ -1,5 +1,25 @@
 """Datasets, label mappings and tf.data pipelines."""
 
+from gsto_tf.data.layouts import DatasetError, list_samples
 from gsto_tf.data.normalization import IMAGENET_MEAN, IMAGENET_STD, denormalize_image, normalize_image
+from gsto_tf.data.pipeline import build_eval_dataset, build_train_dataset, resolve_data_dir, steps_per_epoch
+from gsto_tf.data.registry import IGNORE_LABEL, DatasetSpec, available_datasets, get_dataset_spec
+from gsto_tf.data.synthetic import ensure_synthetic
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "denormalize_image", "normalize_image"]
+__all__ = [
+    "DatasetError",
+    "DatasetSpec",
+    "IGNORE_LABEL",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "available_datasets",
+    "build_eval_dataset",
+    "build_train_dataset",
+    "denormalize_image",
+    "ensure_synthetic",
+    "get_dataset_spec",
+    "list_samples",
+    "normalize_image",
+    "resolve_data_dir",
+    "steps_per_epoch",
+]

@@ -1,0 +1,64 @@
+"""`run.py [train]`: train with a published recipe (or the synthetic default), then evaluate."""
+
+import datetime
+import os
+
+from gsto_tf.data import DatasetError
+from gsto_tf.training.config import RECIPES, make_config
+
+
+def add_arguments(parser):
+    parser.add_argument("--dataset", default="synthetic", choices=sorted(RECIPES),
+                        help="dataset and its published recipe (default: the built-in synthetic dataset)")
+    parser.add_argument("--model", help="model name (default: the recipe's; see `run.py counts --all`)")
+    parser.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
+    parser.add_argument("--run-dir", help="output folder (default runs/<dataset>-<model>-<time>); rerun the same "
+                        "command with the same --run-dir to resume an interrupted run")
+    parser.add_argument("--epochs", type=int, help="dataset epochs")
+    parser.add_argument("--steps", type=int, help="optimiser steps (wins over --epochs)")
+    parser.add_argument("--batch-size", type=int, help="GLOBAL batch size over all replicas")
+    parser.add_argument("--config", help="YAML file with data/model/train/eval sections")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override any config value, e.g. --set train.lr=0.01 (repeatable)")
+    parser.add_argument("--strategy", choices=["auto", "default", "mirrored"])
+    parser.add_argument("--mixed-precision", choices=["mixed_bfloat16", "mixed_float16"])
+    parser.add_argument("--pretrained", help="official ImageNet HRNet checkpoint (.pth/.npz), backbone keys only")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--ss", action="store_true", help="evaluate single-scale only")
+    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+
+
+def config_from_args(args):
+    overrides = {"data": {}, "model": {}, "train": {}, "eval": {}}
+    for key, section, name in (("data_dir", "data", "data_dir"), ("model", "model", "name"),
+                               ("epochs", "train", "epochs"), ("steps", "train", "steps"),
+                               ("batch_size", "train", "global_batch_size"), ("strategy", "train", "strategy"),
+                               ("mixed_precision", "train", "mixed_precision"), ("pretrained", "model", "pretrained"),
+                               ("seed", "train", "seed")):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[section][name] = value
+    if args.epochs is not None and args.steps is None:
+        overrides["train"]["steps"] = None
+    if args.ss:
+        overrides["eval"]["single_scale"] = True
+    return make_config(args.dataset, args.config, overrides, args.set)
+
+
+def main(args):
+    from gsto_tf.training.trainer import train
+
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        raise SystemExit(f"config error: {exc}") from None
+    run_dir = args.run_dir or os.path.join(
+        "runs", f"{config.data.dataset}-{config.model.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    try:
+        result = train(config, run_dir, evaluate_at_end=not args.no_eval)
+    except DatasetError as exc:
+        raise SystemExit(f"no training data: {exc}") from None
+    if result.stopped_on_nan_at is not None:
+        return 3
+    print(f"run dir: {result.run_dir} ({result.seconds / 60:.1f} min)")
+    return 0

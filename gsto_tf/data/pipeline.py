@@ -1,0 +1,170 @@
+"""tf.data pipelines for training and evaluation.
+
+Training order is a pure function of ``(seed, epoch, position)``: each epoch is a stateless permutation of the
+sample indices and each sample's augmentation uses stateless random ops seeded by its global position, so a run
+restarted at step ``k`` (``start_step=k``) sees exactly the batches an uninterrupted run sees from step ``k`` on.
+
+Augmentation (SPEC §6): resize so the long side is ``base_size * s`` with ``s ~ U(scale_range)`` (image bilinear,
+label nearest — both through :mod:`gsto_tf.layers.resize`), pad to the crop size (image with 0 *after*
+normalisation, label with ignore), random crop, horizontal flip with p = 0.5 (swapping left/right classes where
+the dataset has flip pairs), optional photometric jitter before normalisation.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from gsto_tf.data.layouts import list_samples
+from gsto_tf.data.normalization import normalize_image
+from gsto_tf.data.registry import get_dataset_spec
+from gsto_tf.layers.resize import resize_bilinear, resize_nearest
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _decode(spec, image_path, label_path):
+    """Read one pair -> (uint8 image [H, W, 3], int32 train-id label [H, W]); errors name the file."""
+    image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
+    raw = tf.io.decode_png(tf.io.read_file(label_path), channels=1)[..., 0]
+    # tf.debugging.Assert takes tensors as data, so the message can carry the offending file's path.
+    same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(raw)))
+    check_size = tf.debugging.Assert(
+        same_size, ["label size differs from image size:", label_path, tf.shape(raw), image_path, tf.shape(image)]
+    )
+    with tf.control_dependencies([check_size]):
+        label = spec.map_labels(raw)
+    check_values = tf.debugging.Assert(
+        tf.reduce_all(label >= 0), ["label values that are neither a class nor ignore in", label_path]
+    )
+    with tf.control_dependencies([check_values]):
+        label = tf.identity(label)
+    return image, label
+
+
+def _flip_lut(spec):
+    lut = np.arange(256, dtype=np.int32)
+    for a, b in spec.flip_pairs:
+        lut[a], lut[b] = b, a
+    return tf.constant(lut)
+
+
+def _augment(spec, image, label, crop_size, scale_range, seed, photometric):
+    """Deterministic given ``seed`` (a stateless [2] int seed)."""
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+    if photometric:
+        image = tf.cast(image, tf.float32)
+        image = tf.image.stateless_random_brightness(image, 32.0, seeds[4])
+        image = tf.image.stateless_random_contrast(image, 0.8, 1.2, seeds[5])
+        image = tf.clip_by_value(image, 0.0, 255.0)
+    image = normalize_image(image)
+    label = label[..., None]
+    # random scale: long side -> base_size * s
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    s = tf.random.stateless_uniform([], seeds[0], scale_range[0], scale_range[1])
+    factor = spec.base_size * s / tf.reduce_max(hw)
+    new_hw = tf.maximum(tf.cast(tf.round(hw * factor), tf.int32), 1)
+    image = resize_bilinear(image, new_hw)
+    label = resize_nearest(label, new_hw)
+    # pad to the crop size: image with the normalised zero, label with ignore
+    ch, cw = crop_size
+    pad_h = tf.maximum(ch - new_hw[0], 0)
+    pad_w = tf.maximum(cw - new_hw[1], 0)
+    image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
+    label = tf.pad(label, [[0, pad_h], [0, pad_w], [0, 0]], constant_values=spec.ignore_label)
+    # random crop of image and label together
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    y0 = tf.random.stateless_uniform([], seeds[1], 0, h - ch + 1, dtype=tf.int32)
+    x0 = tf.random.stateless_uniform([], seeds[2], 0, w - cw + 1, dtype=tf.int32)
+    image = image[y0:y0 + ch, x0:x0 + cw]
+    label = label[y0:y0 + ch, x0:x0 + cw, 0]
+    # flip (left/right classes swap where the dataset has them)
+    flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
+    image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
+    if spec.flip_pairs:
+        swapped = tf.gather(_flip_lut(spec), label)
+        label = tf.cond(flip, lambda: swapped[:, ::-1], lambda: label)
+    else:
+        label = tf.cond(flip, lambda: label[:, ::-1], lambda: label)
+    image = tf.ensure_shape(image, [ch, cw, 3])
+    label = tf.ensure_shape(label, [ch, cw])
+    return image, label
+
+
+def resolve_data_dir(name, data_dir):
+    """The synthetic dataset is generated on demand; every other dataset must be on disk."""
+    if get_dataset_spec(name).name == "synthetic":
+        from gsto_tf.data.synthetic import ensure_synthetic
+
+        if data_dir is not None and _looks_like_cityscapes_root(data_dir):
+            return data_dir
+        return ensure_synthetic(data_dir)
+    return data_dir
+
+
+def _looks_like_cityscapes_root(path):
+    import os
+
+    return os.path.isdir(os.path.join(path, "leftImg8bit"))
+
+
+def build_train_dataset(name, data_dir, *, global_batch_size, seed=0, crop_size=None, scale_range=None,
+                        split="train", photometric=False, start_step=0, epochs=None):
+    """Augmented training batches ``(image float32 [B, h, w, 3], label int32 [B, h, w])``.
+
+    ``global_batch_size`` is the batch of one optimiser step over all replicas (Keras / tf.distribute split it).
+    ``start_step`` skips whole batches *before* decoding (resume). ``epochs=None`` repeats forever.
+    """
+    spec = get_dataset_spec(name)
+    if global_batch_size <= 0:
+        raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
+    crop_size = tuple(crop_size or spec.crop_size)
+    scale_range = tuple(scale_range or spec.scale_range)
+    samples = list_samples(spec.name, resolve_data_dir(spec.name, data_dir), split)
+    n = len(samples)
+    if n < global_batch_size:
+        raise ValueError(f"dataset '{spec.name}' split '{split}' has {n} samples, fewer than one batch "
+                         f"({global_batch_size})")
+    images = tf.constant([s[0] for s in samples])
+    labels = tf.constant([s[1] for s in samples])
+    steps_per_epoch = n // global_batch_size
+    per_epoch = steps_per_epoch * global_batch_size  # drop the remainder of each epoch, like drop_last
+
+    def epoch_indices(epoch):
+        perm = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=[seed, epoch])
+        positions = epoch * per_epoch + tf.range(per_epoch, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices((positions, perm[:per_epoch]))
+
+    epoch_ds = tf.data.Dataset.range(epochs) if epochs is not None else tf.data.Dataset.range(2**62)
+    ds = epoch_ds.flat_map(epoch_indices)
+    if start_step:
+        ds = ds.skip(start_step * global_batch_size)
+
+    def load(position, index):
+        image, label = _decode(spec, images[index], labels[index])
+        return _augment(spec, image, label, crop_size, scale_range,
+                        tf.stack([tf.cast(seed, tf.int64), position]), photometric)
+
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.batch(global_batch_size, drop_remainder=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def steps_per_epoch(name, data_dir, global_batch_size, split="train"):
+    return len(list_samples(name, resolve_data_dir(name, data_dir), split)) // global_batch_size
+
+
+def build_eval_dataset(name, data_dir, *, split="val", limit=None):
+    """Unbatched ``{"image": float32 [H, W, 3] normalised, "label": int32 [H, W], "path": string}`` at the
+    original resolution."""
+    spec = get_dataset_spec(name)
+    samples = list_samples(spec.name, resolve_data_dir(spec.name, data_dir), split)
+    if limit:
+        samples = samples[:limit]
+    ds = tf.data.Dataset.from_tensor_slices(([s[0] for s in samples], [s[1] for s in samples]))
+
+    def load(image_path, label_path):
+        image, label = _decode(spec, image_path, label_path)
+        return {"image": normalize_image(image), "label": label, "path": image_path}
+
+    return ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)

@@ -1,0 +1,77 @@
+"""Segmentation losses (SPEC §6): cross-entropy with ignore label, class weights and OHEM.
+
+Logits are bilinearly resized to the label size first (:func:`gsto_tf.layers.resize.resize_bilinear`), then
+the loss is computed in float32 whatever the compute dtype. Conventions follow PyTorch / HRNet:
+
+* plain / weighted CE = ``sum_p w[y_p] * ce_p / sum_p w[y_p]`` over valid (non-ignore) pixels
+  (``nn.CrossEntropyLoss(weight, ignore_index)``);
+* OHEM keeps the valid pixels whose ground-truth probability is below ``max(p_sorted[min_kept], thresh)`` and
+  averages their (weighted) CE values — the unweighted mean of the kept losses, as HRNet's OhemCrossEntropy.
+
+Auxiliary outputs are combined by Keras (``loss_weights`` from :mod:`gsto_tf.models.outputs`).
+"""
+
+import keras
+import tensorflow as tf
+
+from gsto_tf.layers.resize import resize_bilinear
+
+# Cityscapes class weights of HRNet's datasets/cityscapes.py (train-id order).
+CITYSCAPES_CLASS_WEIGHTS = (
+    0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023, 0.9539, 0.9843, 1.1116,
+    0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507,
+)
+
+
+@keras.saving.register_keras_serializable(package="gsto_tf")
+class SegmentationLoss(keras.losses.Loss):
+    """CE over valid pixels of ``y_true`` [B, H, W] for logits ``y_pred`` [B, h, w, K] of any resolution."""
+
+    def __init__(self, num_classes, ignore_label=255, class_weights=None, ohem=False, ohem_thresh=0.9,
+                 ohem_min_kept=131072, name="segmentation_loss", **kwargs):
+        kwargs.pop("reduction", None)
+        super().__init__(name=name, reduction="sum_over_batch_size", **kwargs)
+        self.num_classes = int(num_classes)
+        self.ignore_label = int(ignore_label)
+        if class_weights is not None:
+            class_weights = [float(w) for w in class_weights]
+            if len(class_weights) != self.num_classes:
+                raise ValueError(f"class_weights has {len(class_weights)} entries, expected {self.num_classes}")
+        self.class_weights = class_weights
+        self.ohem = bool(ohem)
+        self.ohem_thresh = float(ohem_thresh)
+        self.ohem_min_kept = int(ohem_min_kept)
+
+    def call(self, y_true, y_pred):
+        labels = tf.cast(y_true, tf.int32)
+        if labels.shape.rank == 4:
+            labels = labels[..., 0]
+        logits = resize_bilinear(tf.cast(y_pred, tf.float32), tf.shape(labels)[1:3])
+        labels = tf.reshape(labels, [-1])
+        logits = tf.reshape(logits, [-1, self.num_classes])
+        valid = tf.not_equal(labels, self.ignore_label)
+        labels = tf.boolean_mask(labels, valid)
+        logits = tf.boolean_mask(logits, valid)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        weights = (tf.gather(tf.constant(self.class_weights, tf.float32), labels)
+                   if self.class_weights is not None else tf.ones_like(ce))
+        if not self.ohem:
+            return tf.math.divide_no_nan(tf.reduce_sum(weights * ce), tf.reduce_sum(weights))
+        prob_gt = tf.exp(-ce)  # softmax probability of the ground-truth class
+        n = tf.size(prob_gt)
+        sorted_prob = tf.sort(prob_gt)
+        kth = tf.gather(sorted_prob, tf.minimum(self.ohem_min_kept, tf.maximum(n - 1, 0)))
+        threshold = tf.maximum(kth, self.ohem_thresh)
+        kept = tf.boolean_mask(weights * ce, prob_gt < threshold)
+        return tf.math.divide_no_nan(tf.reduce_sum(kept), tf.cast(tf.size(kept), tf.float32))
+
+    def get_config(self):
+        return {
+            "num_classes": self.num_classes,
+            "ignore_label": self.ignore_label,
+            "class_weights": self.class_weights,
+            "ohem": self.ohem,
+            "ohem_thresh": self.ohem_thresh,
+            "ohem_min_kept": self.ohem_min_kept,
+            "name": self.name,
+        }
