@@ -71,8 +71,12 @@ def run_layer_test(layer_cls, init_kwargs, input_data, expected_output_shape, ca
     return layer
 
 
-def run_model_test(model, input_data, tmp_path=None, run_fit=True):
-    """Serialisation round trip, eager == reloaded outputs, one fit step on every output."""
+def run_model_test(model, input_data, tmp_path=None, run_fit=True, build_fn=None):
+    """Serialisation round trip, eager == reloaded outputs, one fit step on every output.
+
+    ``build_fn``: a zero-argument callable building the same model; when given, it is also built under
+    ``mixed_bfloat16`` and must compute in bfloat16 while every output stays float32 (logits contract).
+    """
     outputs = model(input_data, training=False)
     flat = outputs if isinstance(outputs, dict) else {"output": outputs}
     for name, value in flat.items():
@@ -97,4 +101,21 @@ def run_model_test(model, input_data, tmp_path=None, run_fit=True):
         model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
         history = model.fit(input_data, targets, epochs=1, batch_size=input_data.shape[0], verbose=0)
         assert np.isfinite(history.history["loss"][0])
+    if build_fn is not None:
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("mixed_bfloat16")
+        try:
+            mp_model = build_fn()
+            mp_out = mp_model(input_data, training=False)
+        finally:
+            keras.config.set_dtype_policy(previous)
+        mp_flat = mp_out if isinstance(mp_out, dict) else {"output": mp_out}
+        assert set(mp_flat) == set(flat)
+        for name, value in mp_flat.items():
+            assert "float32" in str(value.dtype), f"output {name} is {value.dtype} under mixed_bfloat16"
+            assert tuple(value.shape) == tuple(flat[name].shape)
+            assert np.all(np.isfinite(keras.ops.convert_to_numpy(value)))
+        assert any(layer.compute_dtype == "bfloat16" for layer in mp_model.layers if layer.weights), (
+            "no layer computes in bfloat16 under mixed_bfloat16"
+        )
     return outputs

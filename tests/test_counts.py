@@ -21,3 +21,39 @@ def test_counts_scale_with_input_size():
     assert small.params == big.params
     assert abs(big.conv_macs / small.conv_macs - 4.0) < 1e-3
     assert big.full_flops > 2 * big.conv_macs  # 2 FLOPs per multiply-add plus BN, adds, resizes
+
+
+def test_gated_scale_transfer_is_counted_by_hand():
+    import keras
+
+    from gsto_tf.layers import GatedScaleTransfer
+    from gsto_tf.models.counting import count_model
+
+    inputs = keras.Input((16, 20, 6), batch_size=1)
+    down = GatedScaleTransfer(8, scale="down", gate="unsupervised")(inputs)  # -> 8x10x8
+    up = GatedScaleTransfer(4, scale="up", gate=None, gate_style="paper", use_bn=False)(down, reference=inputs)
+    c = count_model(keras.Model(inputs, up))
+    gate_macs = 6 * 1 * 16 * 20  # conv1x1 6->1 at 16x20
+    down_macs = 3 * 3 * 6 * 8 * 8 * 10  # conv3x3 s2 6->8 at 8x10
+    up_macs = 8 * 4 * 8 * 10  # the 1x1 transform runs before the upsampling
+    assert c.conv_macs == gate_macs + down_macs + up_macs
+    # params: gate conv 6 + BN 2, transform 432 + BN 16; second: 32 + bias 4
+    assert c.params == 6 + 2 + 432 + 16 + 32 + 4
+    assert c.paper_params == 6 + 432 + 32 + 4
+
+
+def test_unknown_weight_bearing_layer_is_an_error_not_skipped():
+    import keras
+
+    from gsto_tf.models.counting import count_model
+
+    class Opaque(keras.layers.Layer):
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(3,))
+
+        def call(self, x):
+            return x * self.w
+
+    inputs = keras.Input((8, 8, 3), batch_size=1)
+    with pytest.raises(ValueError, match="no cost rule for weight-bearing layer 'opaque'"):
+        count_model(keras.Model(inputs, Opaque(name="opaque")(inputs)))

@@ -14,6 +14,10 @@ def add_arguments(parser):
     parser.add_argument("--output", required=True, help="output .keras path (a .weights.h5 is written beside it)")
     parser.add_argument("--no-strict", action="store_true",
                         help="load what matches and report the rest instead of failing on any mismatch")
+    parser.add_argument("--backbone-only", action="store_true",
+                        help="the checkpoint is an ImageNet backbone (e.g. hrnetv2_w48_imagenet_pretrained.pth): "
+                        "its classifier is ignored, the segmentation head / gates keep their initialisation "
+                        "(then --num-classes is required)")
 
 
 def save_model_atomically(model, path):
@@ -39,7 +43,7 @@ def main(args):
         raise SystemExit(f"--output: expected a path ending in .keras, got {args.output!r}")
     try:
         model, report = load_checkpoint(args.checkpoint, name=args.model, num_classes=args.num_classes,
-                                        strict=not args.no_strict)
+                                        strict=not args.no_strict, backbone_only=args.backbone_only)
     except CheckpointError as exc:
         raise SystemExit(f"convert failed: {exc}") from None
     print(report.summary())

@@ -47,7 +47,7 @@ def _flip_lut(spec):
     return tf.constant(lut)
 
 
-def _augment(spec, image, label, crop_size, scale_range, seed, photometric):
+def _augment(spec, image, label, crop_size, scale_range, seed, photometric, base_size):
     """Deterministic given ``seed`` (a stateless [2] int seed)."""
     seeds = tf.random.experimental.stateless_split(seed, 6)
     if photometric:
@@ -60,7 +60,7 @@ def _augment(spec, image, label, crop_size, scale_range, seed, photometric):
     # random scale: long side -> base_size * s
     hw = tf.cast(tf.shape(image)[:2], tf.float32)
     s = tf.random.stateless_uniform([], seeds[0], scale_range[0], scale_range[1])
-    factor = spec.base_size * s / tf.reduce_max(hw)
+    factor = base_size * s / tf.reduce_max(hw)
     new_hw = tf.maximum(tf.cast(tf.round(hw * factor), tf.int32), 1)
     image = resize_bilinear(image, new_hw)
     label = resize_nearest(label, new_hw)
@@ -107,7 +107,7 @@ def _looks_like_cityscapes_root(path):
 
 
 def build_train_dataset(name, data_dir, *, global_batch_size, seed=0, crop_size=None, scale_range=None,
-                        split="train", photometric=False, start_step=0, epochs=None):
+                        split="train", photometric=False, start_step=0, epochs=None, base_size=None):
     """Augmented training batches ``(image float32 [B, h, w, 3], label int32 [B, h, w])``.
 
     ``global_batch_size`` is the batch of one optimiser step over all replicas (Keras / tf.distribute split it).
@@ -118,6 +118,7 @@ def build_train_dataset(name, data_dir, *, global_batch_size, seed=0, crop_size=
         raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
     crop_size = tuple(crop_size or spec.crop_size)
     scale_range = tuple(scale_range or spec.scale_range)
+    base_size = float(base_size or spec.base_size)
     samples = list_samples(spec.name, resolve_data_dir(spec.name, data_dir), split)
     n = len(samples)
     if n < global_batch_size:
@@ -141,7 +142,7 @@ def build_train_dataset(name, data_dir, *, global_batch_size, seed=0, crop_size=
     def load(position, index):
         image, label = _decode(spec, images[index], labels[index])
         return _augment(spec, image, label, crop_size, scale_range,
-                        tf.stack([tf.cast(seed, tf.int64), position]), photometric)
+                        tf.stack([tf.cast(seed, tf.int64), position]), photometric, base_size)
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(global_batch_size, drop_remainder=True)

@@ -46,7 +46,8 @@ class GatedScaleTransfer(keras.layers.Layer):
 
     Call: ``layer(x, reference=None, class_scores=None, return_gate=False, training=None)``.
     Returns the transferred feature; with a self-predicted supervised gate, ``(output, class_scores)``; with
-    ``return_gate=True`` the gate map ``[N, H, W, 1]`` (at ``x``'s resolution) is appended to the result.
+    ``return_gate=True`` the gate map ``[N, H, W, 1]`` (at ``x``'s resolution) is appended to the result
+    (all ones for ``gate=None``); :meth:`compute_gate` returns the gate alone.
     """
 
     def __init__(
@@ -160,6 +161,11 @@ class GatedScaleTransfer(keras.layers.Layer):
             class_scores = keras.ops.cast(class_scores, x.dtype)
             class_scores = resize_bilinear(class_scores, spatial_size(x))
         return self.gate_layer(class_scores, training=training), predicted
+
+    def compute_gate(self, x, class_scores=None, training=False):
+        """The gate map ``[N, H, W, 1]`` this layer would apply to ``x`` (for visualisation); ``None`` for
+        ``gate=None``. Same as the last element of ``layer(x, ..., return_gate=True)``."""
+        return self._gate_map(x, class_scores, training)[0]
 
     def call(self, x, reference=None, class_scores=None, return_gate=False, training=None):
         gate, predicted = self._gate_map(x, class_scores, training)

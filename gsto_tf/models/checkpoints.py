@@ -226,7 +226,7 @@ def _model_weight_layers(model):
         yield from _weight_layers(layer)
 
 
-def load_torch_weights(model, state_dict_or_path, strict=False, backbone_only=False):
+def load_torch_weights(model, state_dict_or_path, strict=False, backbone_only=False, source=None):
     """Assign an official (PyTorch-layout) state dict to ``model`` by layer names.
 
     Args:
@@ -234,17 +234,19 @@ def load_torch_weights(model, state_dict_or_path, strict=False, backbone_only=Fa
         strict: raise :class:`CheckpointError` on any missing, unexpected or shape-mismatched key.
         backbone_only: the file is an ImageNet backbone checkpoint: head / gate weights may be missing and the
             file's classification-head keys are ignored.
+        source: name of the checkpoint in the report and errors (default: the path, or "<state dict>").
 
     Returns a :class:`LoadReport`.
     """
     if isinstance(state_dict_or_path, (str, os.PathLike)):
-        source = os.fspath(state_dict_or_path)
-        state = read_state_dict(source)
+        state = read_state_dict(state_dict_or_path)
+        source = source or os.fspath(state_dict_or_path)
     else:
-        source = "<state dict>"
+        source = source or "<state dict>"
         state = _clean(state_dict_or_path)
     report = LoadReport(source=source)
     expected = model_torch_keys(model)
+    assignments = []
     for key in sorted(set(state) - set(expected)):
         if key.startswith(_UNUSED_BY_DESIGN) or backbone_only:
             report.ignored.append(key)
@@ -262,11 +264,16 @@ def load_torch_weights(model, state_dict_or_path, strict=False, backbone_only=Fa
         if tuple(value.shape) != expected_shape:
             report.mismatched.append((key, tuple(value.shape), expected_shape))
             continue
-        value = convert(value)
-        variable.assign(value.astype(variable.dtype))
+        assignments.append((variable, convert(value)))
         report.loaded.append(key)
     if strict and not report.ok:
-        raise CheckpointError("checkpoint does not match the model (strict load):\n" + report.summary())
+        # Checked before assigning anything: a failed strict load leaves the model untouched.
+        raise CheckpointError(
+            f"checkpoint does not match model '{model.name}' (strict load; nothing was assigned):\n"
+            + report.summary()
+        )
+    for variable, value in assignments:
+        variable.assign(value.astype(variable.dtype))
     return report
 
 
@@ -287,13 +294,16 @@ def _infer_num_classes(state):
     return None
 
 
-def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, **build_options):
+def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, backbone_only=False,
+                    **build_options):
     """Load any gsto_tf checkpoint; returns ``(model, report)`` (report is None for Keras formats).
 
     * ``.keras``: a full saved model (``model`` / ``name`` not needed);
     * ``.weights.h5``: Keras weights into ``model`` or into ``build(name, num_classes, **build_options)``;
     * ``.pth`` / ``.npz``: an official PyTorch state dict, converted on the fly into ``model`` or
-      ``build(name, num_classes)`` (``num_classes`` is read from the head when not given).
+      ``build(name, num_classes)`` (``num_classes`` is read from the head when not given). With
+      ``backbone_only=True`` the file is an ImageNet backbone checkpoint: its classifier keys are ignored and the
+      head / gate weights stay initialised (listed in the report, not errors even when ``strict``).
     """
     from gsto_tf.models.factory import build
 
@@ -320,11 +330,10 @@ def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, 
         if model is None:
             if name is None:
                 raise CheckpointError(f"{path}: an official checkpoint needs `model` or a model `name`.")
-            num_classes = num_classes or _infer_num_classes(state)
+            num_classes = num_classes or (None if backbone_only else _infer_num_classes(state))
             if num_classes is None:
                 raise CheckpointError(f"{path}: cannot infer the number of classes; pass `num_classes`.")
             model = build(name, num_classes, **build_options)
-        report = load_torch_weights(model, state, strict=strict)
-        report.source = path
+        report = load_torch_weights(model, state, strict=strict, backbone_only=backbone_only, source=path)
         return model, report
     raise CheckpointError(f"{path}: unknown checkpoint format; expected .keras, .weights.h5, .pth or .npz.")

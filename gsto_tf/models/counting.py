@@ -49,23 +49,118 @@ def _spatial(shape):
 
 
 def _conv_cost(layer, out_shape):
+    """(multiply-adds, FLOPs) of a conv / dense leaf: ``kernel.numel * H_out * W_out`` multiply-adds, no bias."""
     kernel = _numel(layer.kernel.shape)
-    out_hw = _spatial(out_shape)
+    out_hw = _spatial(out_shape) if len(out_shape) == 4 else 1
     macs = kernel * out_hw
-    flops = 2 * macs + (int(out_shape[-1]) * out_hw if layer.use_bias else 0)
+    flops = 2 * macs + (int(out_shape[-1]) * out_hw if getattr(layer, "use_bias", False) else 0)
     return macs, flops
 
 
-def _sublayer_costs(layer, in_shape):
-    """Costs of composite layers whose inner convs have no recorded symbolic outputs."""
+# Layer classes with internal convs whose output shapes are not recorded in the functional graph:
+# class -> fn(layer, input_shape, output_shapes) -> (multiply-adds, FLOPs). Other modules add their own composite
+# layers with :func:`register_layer_cost`; a weight-bearing layer without a rule is an error, never skipped.
+_LAYER_COSTS = {}
+
+
+def register_layer_cost(layer_cls):
+    """Decorator: ``fn(layer, input_shape, output_shapes) -> (macs, flops)`` counts composite ``layer_cls``."""
+
+    def decorator(fn):
+        _LAYER_COSTS[layer_cls] = fn
+        return fn
+
+    return decorator
+
+
+def _gate_cost(gate, in_shape):
+    out = tuple(in_shape[:-1]) + (1,)
+    macs, flops = _conv_cost(gate.conv, out)
+    hw = _spatial(out)
+    if gate.bn is not None:
+        flops += 2 * hw + hw  # BN + ReLU
+    return macs, flops + 4 * hw  # sigmoid
+
+
+@register_layer_cost(SpatialGate)
+def _spatial_gate_cost(layer, in_shape, out_shapes):
+    return _gate_cost(layer, in_shape)
+
+
+@register_layer_cost(GatedScaleTransfer)
+def _gated_scale_transfer_cost(layer, in_shape, out_shapes):
+    """Gate (+ class-score conv), gating multiply, channel transform (+BN, act), pooling / resize."""
     macs = flops = 0
-    if isinstance(layer, SpatialGate):
-        out = tuple(in_shape[:-1]) + (1,)
-        m, f = _conv_cost(layer.conv, out)
-        macs, flops = m, f + (2 * _spatial(out) if layer.bn is not None else 0) + 5 * _spatial(out)
-    elif isinstance(layer, GatedScaleTransfer):
-        raise NotImplementedError("counting a model with GatedScaleTransfer layers is not supported yet")
+    if layer.gate_layer is not None:
+        if layer.class_score_layer is not None:
+            scores_shape = tuple(in_shape[:-1]) + (layer.num_classes,)
+            m, f = _conv_cost(layer.class_score_layer, scores_shape)
+            macs, flops = macs + m, flops + f
+        gate_in = tuple(in_shape[:-1]) + (int(layer.gate_layer.conv.kernel.shape[2]),)
+        m, f = _gate_cost(layer.gate_layer, gate_in)
+        macs, flops = macs + m, flops + f + _numel(in_shape[1:])  # + the gating multiply
+    out_shape = out_shapes[0]
+    strided = layer.pad is not None
+    transform_shape = out_shape if strided else tuple(in_shape[:-1]) + (layer.filters,)
+    m, f = _conv_cost(layer.transform, transform_shape)
+    macs, flops = macs + m, flops + f
+    t_numel = _numel(transform_shape[1:])
+    if layer.bn is not None:
+        flops += 2 * t_numel
+    if layer.activation is not None and layer._activation_name is not None:
+        flops += t_numel
+    if layer.pool is not None:
+        flops += _numel(out_shape[1:]) * layer.factor**2
+    if layer.scale == "up":
+        flops += 8 * _numel(out_shape[1:])
     return macs, flops
+
+
+def _static_shapes(layer, tensors):
+    shapes = [tuple(t.shape) for t in keras.tree.flatten(tensors)]
+    for shape in shapes:
+        if any(d is None for d in shape[1:]):
+            raise ValueError(
+                f"count_model: layer '{layer.name}' has an unknown spatial size {shape}; build the whole model "
+                "(including any nested sub-model) at a fixed input size."
+            )
+    return shapes
+
+
+def _layer_costs(layer):
+    """(multiply-adds, FLOPs) of one layer of a functional graph (nested functional models are walked)."""
+    if isinstance(layer, keras.layers.InputLayer):
+        return 0, 0
+    if isinstance(layer, keras.Model) and hasattr(layer, "_operations"):
+        macs = flops = 0
+        for inner in layer.layers:
+            m, f = _layer_costs(inner)
+            macs, flops = macs + m, flops + f
+        return macs, flops
+    out_shapes = _static_shapes(layer, layer.output)
+    for cls in type(layer).__mro__:
+        if cls in _LAYER_COSTS:
+            in_shape = _static_shapes(layer, layer.input)[0]
+            return _LAYER_COSTS[cls](layer, in_shape, out_shapes)
+    out_numel = _numel(out_shapes[0][1:])
+    if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
+        return _conv_cost(layer, out_shapes[0])
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return 0, 2 * out_numel
+    if layer.weights:
+        raise ValueError(
+            f"count_model: no cost rule for weight-bearing layer '{layer.name}' ({type(layer).__name__}); "
+            "register one with gsto_tf.models.counting.register_layer_cost."
+        )
+    if isinstance(layer, (keras.layers.Add, keras.layers.Multiply)):
+        return 0, out_numel * (len(layer.input) - 1)
+    if isinstance(layer, keras.layers.ReLU):
+        return 0, out_numel
+    if isinstance(layer, keras.layers.Activation):
+        return 0, 4 * out_numel
+    if isinstance(layer, BilinearResize):
+        return 0, 8 * out_numel
+    return 0, 0  # weightless reshaping layers (concat, padding, casts): no arithmetic
 
 
 def count_model(model, name=None):
@@ -82,26 +177,8 @@ def count_model(model, name=None):
     )
     macs = flops = 0
     for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        out = layer.output
-        out_shapes = [t.shape for t in keras.tree.flatten(out)]
-        if isinstance(layer, keras.layers.Conv2D):
-            m, f = _conv_cost(layer, out_shapes[0])
-            macs, flops = macs + m, flops + f
-        elif isinstance(layer, (SpatialGate, GatedScaleTransfer)):
-            m, f = _sublayer_costs(layer, layer.input.shape)
-            macs, flops = macs + m, flops + f
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            flops += 2 * _numel(out_shapes[0][1:])
-        elif isinstance(layer, (keras.layers.Add, keras.layers.Multiply)):
-            flops += _numel(out_shapes[0][1:]) * (len(layer.input) - 1)
-        elif isinstance(layer, keras.layers.ReLU):
-            flops += _numel(out_shapes[0][1:])
-        elif isinstance(layer, keras.layers.Activation):
-            flops += 4 * _numel(out_shapes[0][1:])
-        elif isinstance(layer, BilinearResize):
-            flops += 8 * _numel(out_shapes[0][1:])
+        m, f = _layer_costs(layer)
+        macs, flops = macs + m, flops + f
     return ModelCounts(name or model.name, tuple(int(d) for d in in_shape[1:3]), params, paper_params, macs, flops)
 
 

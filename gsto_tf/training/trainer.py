@@ -132,7 +132,7 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
     ]
     history = None
     if initial_chunk < num_chunks:
-        history = model.fit(ds, epochs=num_chunks, steps_per_epoch=chunk, initial_epoch=initial_chunk,
+        history = model.fit(ds, epochs=num_chunks, steps_per_epoch=chunk, initial_epoch=initial_chunk, shuffle=False,
                             callbacks=callbacks, verbose=verbose)
     final_loss = float(history.history["loss"][-1]) if history and history.history.get("loss") else float("nan")
     if nan_guard.failed_step is not None:

@@ -1,0 +1,89 @@
+"""`run.py eval`: evaluate a checkpoint with the published test setting (and/or single-scale)."""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from gsto_tf.data import DatasetError, build_eval_dataset, get_dataset_spec, resolve_data_dir
+from gsto_tf.evaluation import evaluate, test_setting
+from gsto_tf.evaluation.settings import TestSetting
+from gsto_tf.models import CheckpointError, inference_model, load_checkpoint
+
+
+def add_arguments(parser):
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--checkpoint", required=True, help=".keras, .weights.h5 (+ --model) or official .pth/.npz")
+    parser.add_argument("--model", help="model name, for .weights.h5 and official checkpoints")
+    parser.add_argument("--num-classes", type=int, help="default: the dataset's")
+    parser.add_argument("--mode", choices=["whole", "slide"], help="default: the published setting's")
+    parser.add_argument("--scales", type=float, nargs="+", help="default: the published setting's")
+    parser.add_argument("--flip", action=__import__("argparse").BooleanOptionalAction, default=None)
+    parser.add_argument("--crop-size", help="slide window HxW")
+    parser.add_argument("--ss", action="store_true", help="single-scale (one scale, no flip) only")
+    parser.add_argument("--both", action="store_true", help="report single-scale and the published setting")
+    parser.add_argument("--limit", type=int, help="first N images only")
+    parser.add_argument("--run-dir", default=None, help="where metrics JSON/CSV go (default: beside the checkpoint)")
+    parser.add_argument("--submission-dir", help="also write Cityscapes test-server PNGs (label ids) here")
+
+
+def _setting(args, spec_name):
+    base = test_setting(spec_name)
+    changes = {}
+    if args.mode:
+        changes["mode"] = args.mode
+    if args.scales:
+        changes["scales"] = tuple(args.scales)
+    if args.flip is not None:
+        changes["flip"] = args.flip
+    if args.crop_size:
+        h, w = (int(v) for v in args.crop_size.lower().split("x"))
+        changes["crop_size"] = (h, w)
+    import dataclasses
+
+    setting = dataclasses.replace(base, **changes)
+    if setting.mode == "slide" and not setting.crop_size:
+        raise SystemExit("--mode slide needs --crop-size HxW")
+    return setting
+
+
+def submission_writer(spec, directory):
+    """Cityscapes test server: label-id PNGs named like the input (<city>_<seq>_<frame>_leftImg8bit.png)."""
+    os.makedirs(directory, exist_ok=True)
+
+    def write(path, pred):
+        Image.fromarray(spec.unmap_labels(pred).astype(np.uint8)).save(os.path.join(directory, os.path.basename(path)))
+
+    return write
+
+
+def main(args):
+    spec = get_dataset_spec(args.dataset)
+    try:
+        model, report = load_checkpoint(args.checkpoint, name=args.model,
+                                        num_classes=args.num_classes or spec.num_classes)
+    except CheckpointError as exc:
+        raise SystemExit(f"eval: {exc}") from None
+    if report is not None:
+        print(report.summary())
+    model = inference_model(model)
+    published = _setting(args, spec.name)
+    settings = [published.single_scale()] if args.ss else [published]
+    if args.both and not args.ss and published != published.single_scale():
+        settings = [published.single_scale(), published]
+    run_dir = args.run_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
+    try:
+        data_dir = resolve_data_dir(spec.name, args.data_dir)
+        for setting in settings:
+            on_prediction = submission_writer(spec, args.submission_dir) if args.submission_dir else None
+            metrics = evaluate(model, build_eval_dataset(spec.name, data_dir, split=args.split), spec,
+                               setting=setting, limit=args.limit, on_prediction=on_prediction)
+            stem = "metrics_ss" if setting == setting.single_scale() else "metrics_ms"
+            json_path, _ = metrics.save(run_dir, stem)
+            print(metrics.table())
+            print(f"saved {json_path}")
+    except DatasetError as exc:
+        raise SystemExit(f"eval: {exc}") from None
+    return 0

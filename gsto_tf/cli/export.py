@@ -1,0 +1,59 @@
+"""`run.py export`: SavedModel (serving signatures) or TFLite (fp32 / fp16 / dynamic / int8) with a parity report."""
+
+import numpy as np
+
+from gsto_tf.data import DatasetError, build_eval_dataset, get_dataset_spec, resolve_data_dir
+from gsto_tf.export import QUANTIZE_MODES, TFLiteRunner, export_saved_model, export_tflite, parity_report
+from gsto_tf.layers.resize import resize_bilinear
+from gsto_tf.models import CheckpointError, load_checkpoint
+
+
+def add_arguments(parser):
+    parser.add_argument("--checkpoint", required=True, help=".keras, .weights.h5 (+ --model) or official .pth/.npz")
+    parser.add_argument("--model", help="model name, for .weights.h5 and official checkpoints")
+    parser.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model")
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none", help="TFLite only")
+    parser.add_argument("--input-size", default="512x1024", help="TFLite fixed input HxW (default 512x1024)")
+    parser.add_argument("--output", required=True, help="SavedModel folder or .tflite file")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--dataset", default="synthetic", help="images for int8 calibration and the parity report")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--num-images", type=int, default=8, help="images for calibration / parity")
+
+
+def sample_images(dataset, data_dir, size, count):
+    """Normalised real images of ``dataset``'s val split, resized to ``size``."""
+    images = []
+    for sample in build_eval_dataset(dataset, resolve_data_dir(dataset, data_dir)).take(count):
+        images.append(resize_bilinear(sample["image"], size).numpy())
+    if not images:
+        raise DatasetError(f"no images in dataset '{dataset}' for calibration / parity")
+    return images
+
+
+def main(args):
+    spec = get_dataset_spec(args.dataset)
+    try:
+        model, _ = load_checkpoint(args.checkpoint, name=args.model, num_classes=spec.num_classes)
+    except CheckpointError as exc:
+        raise SystemExit(f"export: {exc}") from None
+    if args.format == "saved_model":
+        try:
+            path = export_saved_model(model, args.output, overwrite=args.overwrite)
+        except FileExistsError as exc:
+            raise SystemExit(str(exc)) from None
+        print(f"wrote SavedModel {path} (signatures: serving_default uint8 images, serving_normalized float32)")
+        return 0
+    from gsto_tf.cli.counts import parse_size
+
+    size = parse_size(args.input_size)
+    try:
+        images = sample_images(spec.name, args.data_dir, size, args.num_images)
+    except DatasetError as exc:
+        raise SystemExit(f"export: {exc}") from None
+    path = export_tflite(model, args.output, size, args.quantize,
+                         representative_images=images if args.quantize == "int8" else None)
+    report = parity_report(model, TFLiteRunner(path), images, args.quantize)
+    print(f"wrote {path}")
+    print(report)
+    return 0

@@ -1,0 +1,33 @@
+"""`run.py predict`: label PNGs and colour overlays for an image, a folder or a glob."""
+
+from gsto_tf.data import get_dataset_spec
+from gsto_tf.evaluation.predict import expand_inputs, predict_files
+from gsto_tf.evaluation.settings import test_setting
+from gsto_tf.models import CheckpointError, inference_model, load_checkpoint
+
+
+def add_arguments(parser):
+    parser.add_argument("inputs", help="an image, a folder of images or a glob (quote it)")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--model", help="model name, for .weights.h5 and official checkpoints")
+    parser.add_argument("--dataset", default="synthetic", help="gives the classes and the palette")
+    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--opacity", type=float, default=0.5, help="overlay opacity in [0, 1]")
+    parser.add_argument("--ms", action="store_true", help="use the dataset's published multi-scale + flip setting")
+
+
+def main(args):
+    spec = get_dataset_spec(args.dataset)
+    try:
+        paths = expand_inputs(args.inputs)
+        model, _ = load_checkpoint(args.checkpoint, name=args.model, num_classes=spec.num_classes)
+    except (FileNotFoundError, CheckpointError) as exc:
+        raise SystemExit(str(exc)) from None
+    setting = test_setting(spec.name) if args.ms else test_setting(spec.name).single_scale()
+    try:
+        written = predict_files(inference_model(model), paths, args.output, spec.palette, setting=setting,
+                                opacity=args.opacity, flip_pairs=spec.flip_pairs)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    print(f"wrote {len(written)} files to {args.output}")
+    return 0

@@ -1,0 +1,137 @@
+"""TFLite export through the LiteRT converter, with a runner and a parity report.
+
+The TFLite model takes one *normalised* float32 image ``[1, H, W, 3]`` of the size fixed at export and returns the
+float32 logits at the network's output stride (``[1, ceil(ceil(H/2)/2), ..., K]`` for HRNet): resizing and argmax
+stay outside, where they are cheap and flexible. Quantisation modes:
+
+* ``none``: float32 weights and activations;
+* ``fp16``: float16 weights (dequantised at load);
+* ``dynamic``: int8 weights, float activations (dynamic-range quantisation);
+* ``int8``: full integer quantisation of weights and activations, calibrated on representative images; the
+  model's input and output stay float32 (quantise / dequantise ops at the ends).
+
+Only TFLite builtin ops are allowed (no Flex / SELECT_TF_OPS), so the file runs on any LiteRT runtime.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from gsto_tf.models import inference_model
+
+QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8")
+
+
+def convert_to_tflite(model, input_size, quantize="none", representative_images=None):
+    """Return the bytes of a TFLite flatbuffer for ``model`` at ``input_size`` = (H, W)."""
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
+    h, w = (int(v) for v in input_size)
+    infer = inference_model(model) if isinstance(model.output, dict) else model
+
+    @tf.function(input_signature=[tf.TensorSpec([1, h, w, 3], tf.float32, name="image")])
+    def logits(image):
+        return {"logits": tf.cast(infer(image, training=False), tf.float32)}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([logits.get_concrete_function()], infer)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantize == "int8":
+        if representative_images is None:
+            raise ValueError("int8 quantisation needs representative images (normalised float32 [H, W, 3])")
+        images = [np.asarray(im, np.float32) for im in representative_images]
+        for im in images:
+            if im.shape != (h, w, 3):
+                raise ValueError(f"representative image of shape {im.shape}, expected {(h, w, 3)}")
+
+        def representative():
+            for im in images:
+                yield [im[None]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter.convert()
+
+
+def export_tflite(model, path, input_size, quantize="none", representative_images=None):
+    """Convert and write atomically; returns the path."""
+    data = convert_to_tflite(model, input_size, quantize, representative_images)
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+class TFLiteRunner:
+    """Runs a gsto_tf TFLite file with the LiteRT interpreter; checks inputs against the fixed size."""
+
+    def __init__(self, path, num_threads=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"TFLite model not found: {path}")
+        self.path = path
+        self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    @property
+    def input_shape(self):
+        return tuple(int(d) for d in self.input["shape"])
+
+    def ops(self):
+        """Names of the operators in the model (e.g. to check that no Flex op slipped in)."""
+        return sorted({op["op_name"] for op in self.interpreter._get_ops_details()})
+
+    def __call__(self, image):
+        image = np.asarray(image, np.float32)
+        if image.ndim == 3:
+            image = image[None]
+        if image.shape != self.input_shape:
+            raise ValueError(f"{self.path}: input of shape {image.shape}, but this TFLite model was exported for "
+                             f"{self.input_shape} (re-export with --input-size {image.shape[1]}x{image.shape[2]})")
+        self.interpreter.set_tensor(self.input["index"], image)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output["index"])
+
+
+@dataclasses.dataclass
+class ParityReport:
+    quantize: str
+    images: int
+    max_abs_diff: float
+    logits_std: float
+    argmax_agreement: float
+
+    @property
+    def relative_max_diff(self):
+        return self.max_abs_diff / self.logits_std
+
+    def __str__(self):
+        return (f"TFLite parity ({self.quantize}) on {self.images} images: max|d logits| = {self.max_abs_diff:.3g} "
+                f"({self.relative_max_diff:.2e} x std(logits)), argmax agreement = {100 * self.argmax_agreement:.2f}%")
+
+
+def parity_report(model, runner, images, quantize="none"):
+    """Compare the Keras model and a TFLite runner on normalised images [H, W, 3]."""
+    infer = inference_model(model) if isinstance(model.output, dict) else model
+    diffs, refs, agree, total = [], [], 0, 0
+    for image in images:
+        ref = np.asarray(infer(np.asarray(image, np.float32)[None], training=False), np.float32)
+        got = runner(image)
+        diffs.append(np.abs(ref - got).max())
+        refs.append(ref)
+        agree += int(np.sum(ref.argmax(-1) == got.argmax(-1)))
+        total += ref[..., 0].size
+    std = float(np.std(np.concatenate([r.ravel() for r in refs])))
+    return ParityReport(quantize, len(refs), float(max(diffs)), std, agree / total)

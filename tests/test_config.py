@@ -1,0 +1,34 @@
+import pytest
+import yaml
+
+from gsto_tf.training.config import RECIPES, make_config, parse_set
+
+
+def test_recipes_reproduce_published_iterations():
+    per_epoch = {"cityscapes": 2975, "pascal_context": 4998, "pascal_context_60": 4998, "lip": 30462}
+    expected = {"cityscapes": 119_548, "pascal_context": 62_400, "pascal_context_60": 62_400, "lip": 114_150}
+    for name, images in per_epoch.items():
+        c = make_config(name)
+        assert c.train.epochs * (images // c.train.global_batch_size) == expected[name]
+    c = make_config("cityscapes")
+    assert (c.train.lr, c.train.weight_decay, c.train.global_batch_size, c.train.class_weights) == (0.01, 5e-4, 12, True)
+    assert make_config("lip").train.lr == 0.007 and make_config("pascal_context").train.lr == 0.004
+
+
+def test_precedence_recipe_yaml_flags_set(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"train": {"lr": 0.5, "seed": 7}, "data": {"crop_size": [64, 64]}}))
+    c = make_config("synthetic", str(path), {"train": {"seed": 9}}, ["train.lr=0.25", "eval.single_scale=true"])
+    assert (c.train.lr, c.train.seed, c.data.crop_size, c.eval.single_scale) == (0.25, 9, [64, 64], True)
+    assert c.model.name == RECIPES["synthetic"]["model"]["name"]
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match="unknown key train.learning_rate"):
+        make_config("synthetic", sets=["train.learning_rate=1"])
+    with pytest.raises(ValueError, match="expected section.key=value"):
+        parse_set(["lr=1"])
+    with pytest.raises(ValueError, match="file not found"):
+        make_config("synthetic", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ValueError, match="no recipe for dataset 'ade20k'"):
+        make_config("ade20k")

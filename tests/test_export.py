@@ -1,0 +1,109 @@
+"""SavedModel in a separate TensorFlow-only process, TFLite with LiteRT, parity, bad inputs."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gsto_tf.data import normalize_image
+from gsto_tf.export import TFLiteRunner, convert_to_tflite, export_saved_model, export_tflite, parity_report
+from gsto_tf.layers import resize_bilinear
+from gsto_tf.models import build, inference_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(3)
+    return build("gsto_hrnet_w18_small_v1", 5)
+
+
+@pytest.fixture(scope="module")
+def saved_model_dir(model, tmp_path_factory):
+    return export_saved_model(model, tmp_path_factory.mktemp("sm") / "gsto")
+
+
+def _images(n=2, h=37, w=53, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+def _reference(model, images):
+    logits = inference_model(model)(normalize_image(images), training=False)
+    logits = resize_bilinear(logits, images.shape[1:3])
+    return tf.argmax(logits, -1).numpy(), tf.nn.softmax(logits).numpy()
+
+
+def test_saved_model_runs_in_a_process_without_gsto_tf(model, saved_model_dir, tmp_path):
+    images = _images()
+    np.save(tmp_path / "images.npy", images)
+    script = textwrap.dedent(f"""
+        import os, sys; os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        sys.path = [p for p in sys.path if os.path.abspath(p or ".") != {os.getcwd()!r}]
+        import numpy as np, tensorflow as tf
+        loaded = tf.saved_model.load({saved_model_dir!r})
+        out = loaded.signatures["serving_default"](images=tf.constant(np.load({str(tmp_path / 'images.npy')!r})))
+        assert "gsto_tf" not in sys.modules, "gsto_tf was imported"
+        np.save({str(tmp_path / 'labels.npy')!r}, out["labels"].numpy())
+        np.save({str(tmp_path / 'probs.npy')!r}, out["probabilities"].numpy())
+        print("OK", sorted(loaded.signatures))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=""))
+    assert "OK" in out.stdout, out.stderr[-3000:]
+    assert "serving_normalized" in out.stdout
+    labels, probs = _reference(model, images)
+    got_labels, got_probs = np.load(tmp_path / "labels.npy"), np.load(tmp_path / "probs.npy")
+    assert got_labels.shape == (2, 37, 53) and got_probs.shape == (2, 37, 53, 5)
+    np.testing.assert_allclose(got_probs, probs, atol=1e-5)
+    assert np.mean(got_labels == labels) > 0.999
+
+
+def test_signature_rejects_wrong_dtype_and_rank(saved_model_dir):
+    fn = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
+        fn(images=tf.zeros((1, 8, 8, 3), tf.float32))
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
+        fn(images=tf.zeros((8, 8, 3), tf.uint8))
+
+
+def test_documented_rest_request_decodes_into_the_signature(saved_model_dir):
+    # The README's TF Serving request body (row format: "instances" is a list of images).
+    body = json.loads('{"signature_name": "serving_default", "instances": [[[[0, 128, 255], [10, 20, 30]], '
+                      '[[255, 255, 255], [0, 0, 0]]]]}')
+    fn = tf.saved_model.load(saved_model_dir).signatures[body["signature_name"]]
+    images = tf.constant(np.asarray(body["instances"], np.uint8))  # what TF Serving builds from the rows
+    out = fn(images=images)
+    assert out["labels"].shape == (1, 2, 2) and out["probabilities"].shape == (1, 2, 2, 5)
+
+
+def test_export_is_atomic_and_refuses_to_clobber(model, saved_model_dir):
+    with pytest.raises(FileExistsError, match="exists"):
+        export_saved_model(model, saved_model_dir)
+    assert not [p for p in os.listdir(os.path.dirname(saved_model_dir)) if p.startswith(".export-")]
+
+
+def test_tflite_fp32_and_fp16_parity_builtins_only(model, tmp_path):
+    images = [normalize_image(im).numpy() for im in _images(3, 64, 96, seed=1)]
+    path = export_tflite(model, tmp_path / "m.tflite", (64, 96))
+    runner = TFLiteRunner(path)
+    assert not [op for op in runner.ops() if "FLEX" in op.upper() or "CUSTOM" in op.upper()]
+    report = parity_report(model, runner, images)
+    assert report.relative_max_diff <= 1e-4, str(report)
+    fp16 = TFLiteRunner(export_tflite(model, tmp_path / "m16.tflite", (64, 96), "fp16"))
+    assert parity_report(model, fp16, images, "fp16").argmax_agreement >= 0.995
+    with pytest.raises(ValueError, match=r"exported for \(1, 64, 96, 3\).*--input-size 32x32"):
+        runner(np.zeros((32, 32, 3), np.float32))
+
+
+def test_tflite_bad_arguments(model):
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        convert_to_tflite(model, (32, 32), "int4")
+    with pytest.raises(ValueError, match="representative images"):
+        convert_to_tflite(model, (32, 32), "int8")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        TFLiteRunner("/nonexistent.tflite")

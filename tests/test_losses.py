@@ -1,0 +1,97 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gsto_tf.layers import resize_bilinear
+from gsto_tf.models.outputs import AUX_LOSS_WEIGHTS
+from gsto_tf.training import CITYSCAPES_CLASS_WEIGHTS, SegmentationLoss, TorchSGD, poly_schedule
+
+
+def _ce(logits, labels):
+    z = logits - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return -np.take_along_axis(logp, labels[..., None], -1)[..., 0]
+
+
+def _data(seed=0, k=5, shape=(2, 6, 7)):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, shape)
+    labels[rng.random(shape) < 0.25] = 255
+    logits = rng.normal(size=shape + (k,)).astype(np.float32) * 2
+    return labels, logits
+
+
+def test_plain_and_weighted_ce_match_pytorch_convention():
+    labels, logits = _data()
+    valid = labels != 255
+    ce = _ce(logits, np.where(valid, labels, 0))
+    assert float(SegmentationLoss(5)(labels, logits)) == pytest.approx(ce[valid].mean(), rel=1e-5)
+    w = np.array([0.5, 1.0, 2.0, 1.5, 0.8], np.float32)
+    wl = w[np.where(valid, labels, 0)]
+    ref = (wl * ce)[valid].sum() / wl[valid].sum()
+    assert float(SegmentationLoss(5, class_weights=w)(labels, logits)) == pytest.approx(ref, rel=1e-5)
+
+
+def test_ohem_keeps_hard_pixels():
+    labels, logits = _data(1)
+    valid = labels != 255
+    ce = _ce(logits, np.where(valid, labels, 0))[valid]
+    p = np.exp(-ce)
+    for min_kept in (5, 40):
+        kth = np.sort(p)[min(min_kept, p.size - 1)]
+        thr = max(kth, 0.7)
+        ref = ce[p < thr].mean()
+        got = float(SegmentationLoss(5, ohem=True, ohem_thresh=0.7, ohem_min_kept=min_kept)(labels, logits))
+        assert got == pytest.approx(ref, rel=1e-5)
+
+
+def test_logits_are_resized_to_labels():
+    labels, logits = _data(2, shape=(1, 12, 14))
+    small = logits[:, ::2, ::2]
+    resized = resize_bilinear(tf.constant(small), (12, 14)).numpy()
+    assert float(SegmentationLoss(5)(labels, small)) == pytest.approx(float(SegmentationLoss(5)(labels, resized)),
+                                                                      rel=1e-6)
+
+
+def test_aux_outputs_weighted_in_compile():
+    inp = keras.Input((8, 8, 3))
+    outs = {n: keras.layers.Conv2D(4, 1, name=n)(inp) for n in ("logits", "aux_stage3", "aux_stage2")}
+    model = keras.Model(inp, outs)
+    model.compile(loss={n: SegmentationLoss(4) for n in outs}, loss_weights={n: AUX_LOSS_WEIGHTS[n] for n in outs})
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    y = np.random.default_rng(1).integers(0, 4, (2, 8, 8))
+    pred = model(x)
+    expected = sum(AUX_LOSS_WEIGHTS[n] * float(SegmentationLoss(4)(y, pred[n])) for n in outs)
+    total = model.evaluate(x, {n: y for n in outs}, verbose=0, return_dict=True)["loss"]
+    assert total == pytest.approx(expected, rel=1e-4)
+    assert (AUX_LOSS_WEIGHTS["aux_stage3"], AUX_LOSS_WEIGHTS["aux_stage2"]) == (0.5, 0.3)
+
+
+def test_cityscapes_weights_and_bad_weights():
+    assert len(CITYSCAPES_CLASS_WEIGHTS) == 19
+    with pytest.raises(ValueError, match="class_weights has 3 entries, expected 5"):
+        SegmentationLoss(5, class_weights=[1, 1, 1])
+
+
+def test_poly_schedule_values():
+    sched = poly_schedule(0.01, 1000, 0.9)
+    for it in (0, 1, 500, 999, 1000):
+        assert float(sched(it)) == pytest.approx(0.01 * (1 - it / 1000) ** 0.9, rel=1e-5, abs=1e-12)
+
+
+def test_torch_sgd_matches_pytorch_update_rule():
+    w0 = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
+    grads = [np.array([[0.1, 0.2], [-0.3, 0.4]], np.float32) * (i + 1) for i in range(3)]
+    lr, mom, wd = 0.1, 0.9, 0.01
+    sched = poly_schedule(lr, 10, 0.9)
+    var = keras.Variable(w0.copy())
+    opt = TorchSGD(sched, momentum=mom, weight_decay_l2=wd)
+    # PyTorch SGD: d = g + wd * p; buf = mom * buf + d (buf = d at the first step); p -= lr_t * buf
+    p, buf = w0.astype(np.float64), None
+    for it, g in enumerate(grads):
+        opt.apply_gradients([(tf.constant(g), var)])
+        d = g + wd * p
+        buf = d if buf is None else mom * buf + d
+        p = p - lr * (1 - it / 10) ** 0.9 * buf
+    np.testing.assert_allclose(var.numpy(), p, rtol=1e-5)

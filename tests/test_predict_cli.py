@@ -1,0 +1,58 @@
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_utils import tiny_cityscapes, write_png
+from gsto_tf.cli import main
+from gsto_tf.data import get_dataset_spec
+from gsto_tf.evaluation.predict import colorize, expand_inputs, overlay
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    inp = keras.Input((None, None, 3))
+    out = keras.layers.Conv2D(19, 1, kernel_initializer=keras.initializers.RandomNormal(seed=1))(inp)
+    path = tmp_path_factory.mktemp("ckpt") / "pointwise.keras"
+    keras.Model(inp, {"logits": out}).save(path)
+    return str(path)
+
+
+def test_predict_folder_writes_labels_and_overlays(tmp_path, checkpoint):
+    for i in range(2):
+        write_png(str(tmp_path / "in" / f"img{i}.png"), np.full((9, 13, 3), 40 * i, np.uint8))
+    assert main(["predict", str(tmp_path / "in"), "--checkpoint", checkpoint, "--dataset", "cityscapes",
+                 "--output", str(tmp_path / "out"), "--opacity", "0.3"]) == 0
+    labels = np.asarray(Image.open(tmp_path / "out" / "img1_labels.png"))
+    over = np.asarray(Image.open(tmp_path / "out" / "img1_overlay.png"))
+    assert labels.shape == (9, 13) and labels.max() < 19 and over.shape == (9, 13, 3)
+    expected = overlay(np.full((9, 13, 3), 40, np.uint8), labels, get_dataset_spec("cityscapes").palette, 0.3)
+    np.testing.assert_array_equal(over, expected)
+
+
+def test_predict_errors(tmp_path, checkpoint):
+    with pytest.raises(FileNotFoundError, match="no images match"):
+        expand_inputs(str(tmp_path / "*.png"))
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    with pytest.raises(SystemExit, match="cannot decode image .*bad.png"):
+        main(["predict", str(tmp_path / "bad.png"), "--checkpoint", checkpoint, "--dataset", "cityscapes",
+              "--output", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="opacity"):
+        overlay(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.int64), [(1, 2, 3)], 1.5)
+
+
+def test_colorize_uses_palette_and_black_for_ignore():
+    pal = get_dataset_spec("cityscapes").palette
+    out = colorize(np.array([[0, 13, 255]]), pal)
+    np.testing.assert_array_equal(out[0], [pal[0], pal[13], (0, 0, 0)])
+
+
+def test_eval_cli_with_submission_pngs(tmp_path, checkpoint):
+    root = tiny_cityscapes(str(tmp_path / "cs"), n=2, h=16, w=32)
+    sub = tmp_path / "sub"
+    assert main(["eval", "--dataset", "cityscapes", "--data-dir", root, "--checkpoint", checkpoint, "--ss",
+                 "--run-dir", str(tmp_path / "ev"), "--submission-dir", str(sub)]) == 0
+    assert (tmp_path / "ev" / "metrics_ss.json").exists()
+    png = np.asarray(Image.open(sub / "aachen_000000_000019_leftImg8bit.png"))
+    valid_ids = {7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33}
+    assert png.shape == (16, 32) and set(np.unique(png)) <= valid_ids  # label ids, not train ids
