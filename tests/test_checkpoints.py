@@ -135,3 +135,43 @@ def test_convert_cli_writes_keras_model(small_model, tmp_path):
     np.testing.assert_array_equal(model.get_layer("conv1").kernel.numpy(),
                                   np.load(src)["model.conv1.weight"].transpose(2, 3, 1, 0))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".convert-")]  # no temp left behind
+
+
+def test_failed_strict_load_names_the_file_and_assigns_nothing(small_model, tmp_path):
+    state = _tiny_state(small_model)
+    state["model.last_layer.3.weight"] = np.zeros((7, 3, 1, 1), "float32")  # wrong head shape
+    path = tmp_path / "wrong_head.npz"
+    np.savez(path, **state)
+    before = small_model.get_layer("conv1").kernel.numpy().copy()
+    with pytest.raises(CheckpointError, match=r"(?s)wrong_head\.npz.*shape mismatch.*last_layer\.3\.weight"):
+        load_checkpoint(path, model=small_model, strict=True)
+    np.testing.assert_array_equal(small_model.get_layer("conv1").kernel.numpy(), before)
+
+
+def test_load_checkpoint_backbone_only_builds_with_given_classes(small_model, tmp_path):
+    state = {k: v for k, v in _tiny_state(small_model).items() if "last_layer" not in k}
+    state["model.classifier.weight"] = np.zeros((1000, 2048), "float32")
+    path = tmp_path / "imagenet.npz"
+    np.savez(path, **state)
+    model, report = load_checkpoint(path, name="gsto_hrnet_w18_small_v1", num_classes=3, backbone_only=True)
+    assert report.ok and report.source == str(path)
+    # the gates and the auxiliary heads of GSTO are not in an HRNet ImageNet file either
+    assert any(".att_layers." in k for k in report.allowed_missing)
+    assert any(k.startswith("last_layer_stage2") for k in report.allowed_missing)
+    np.testing.assert_array_equal(model.get_layer("conv1").kernel.numpy(),
+                                  state["model.conv1.weight"].transpose(2, 3, 1, 0))
+
+
+def test_convert_cli_backbone_only_needs_classes_and_reports(small_model, tmp_path, capsys):
+    from gsto_tf.cli import main
+
+    state = {k: v for k, v in _tiny_state(small_model).items() if "last_layer" not in k}
+    src = tmp_path / "imagenet.npz"
+    np.savez(src, **state)
+    out = tmp_path / "init.keras"
+    with pytest.raises(SystemExit, match="cannot infer the number of classes"):
+        main(["convert", str(src), "--model", "hrnetv2_w18_small_v1", "--backbone-only", "--output", str(out)])
+    assert main(["convert", str(src), "--model", "hrnetv2_w18_small_v1", "--backbone-only", "--num-classes", "3",
+                 "--output", str(out)]) == 0
+    assert "not in a backbone checkpoint (left initialised)" in capsys.readouterr().out
+    assert keras.saving.load_model(out).output["logits"].shape[-1] == 3

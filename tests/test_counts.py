@@ -57,3 +57,19 @@ def test_unknown_weight_bearing_layer_is_an_error_not_skipped():
     inputs = keras.Input((8, 8, 3), batch_size=1)
     with pytest.raises(ValueError, match="no cost rule for weight-bearing layer 'opaque'"):
         count_model(keras.Model(inputs, Opaque(name="opaque")(inputs)))
+
+
+def test_nested_functional_models_are_walked():
+    import keras
+
+    from gsto_tf.models.counting import count_model
+
+    inner_in = keras.Input((16, 20, 3), batch_size=1)
+    inner = keras.Model(inner_in, keras.layers.Conv2D(4, 3, strides=2, padding="same")(inner_in))
+    inputs = keras.Input((16, 20, 3), batch_size=1)
+    c = count_model(keras.Model(inputs, keras.layers.Conv2D(2, 1)(inner(inputs))))
+    assert c.conv_macs == 3 * 3 * 3 * 4 * 8 * 10 + 4 * 2 * 8 * 10
+    unknown_in = keras.Input((None, None, 3))
+    unknown = keras.Model(unknown_in, keras.layers.Conv2D(4, 1)(unknown_in))
+    with pytest.raises(ValueError, match="unknown spatial size"):
+        count_model(keras.Model(inputs, unknown(inputs)))

@@ -81,3 +81,20 @@ def test_sync_batchnorm_option():
     model = build("hrnetv2_w18_small_v1", 3, sync_batchnorm=True)
     bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
     assert bns and all(l.synchronized for l in bns)
+
+
+def test_gate_model_reaches_gates_inside_gated_scale_transfer_layers():
+    from gsto_tf.layers import GatedScaleTransfer
+
+    inputs = keras.Input((None, None, 6))
+    scores = keras.layers.Conv2D(3, 1, name="scores")(inputs)
+    a = GatedScaleTransfer(4, scale="down", name="gst_unsup")(inputs)
+    b = GatedScaleTransfer(4, scale="down", gate="supervised", name="gst_sup")(inputs, class_scores=scores)
+    plain = GatedScaleTransfer(4, scale="down", gate=None, name="gst_plain")(inputs)
+    model = keras.Model(inputs, {"logits": keras.layers.Add()([a, b, plain])})
+    x = np.random.default_rng(0).normal(size=(1, 9, 11, 6)).astype("float32")
+    gates = gate_model(model)(x)
+    assert set(gates) == {"gst_unsup", "gst_sup"}
+    _, expected = model.get_layer("gst_sup")(x, class_scores=model.get_layer("scores")(x), return_gate=True)
+    np.testing.assert_allclose(gates["gst_sup"].numpy(), expected.numpy(), atol=1e-6)
+    assert gates["gst_unsup"].shape == (1, 9, 11, 1)

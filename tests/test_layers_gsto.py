@@ -100,3 +100,11 @@ def test_up_to_reference_with_unknown_sizes():
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GatedScaleTransfer(**kwargs)
+
+
+def test_compute_gate_equals_the_applied_gate():
+    layer = GatedScaleTransfer(8, scale="down", gate="supervised", num_classes=5)
+    out, scores, gate = layer(X, return_gate=True)
+    np.testing.assert_allclose(layer.compute_gate(X).numpy(), gate.numpy(), atol=0)
+    assert gate.shape == (2, 13, 17, 1) and scores.shape == (2, 13, 17, 5)
+    assert GatedScaleTransfer(8, gate=None).compute_gate(X) is None

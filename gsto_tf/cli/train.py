@@ -20,7 +20,8 @@ def add_arguments(parser):
     parser.add_argument("--config", help="YAML file with data/model/train/eval sections")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any config value, e.g. --set train.lr=0.01 (repeatable)")
-    parser.add_argument("--strategy", choices=["auto", "default", "mirrored"])
+    parser.add_argument("--strategy", choices=["auto", "default", "mirrored", "multi_worker"],
+                        help="multi_worker reads TF_CONFIG (one process per machine)")
     parser.add_argument("--mixed-precision", choices=["mixed_bfloat16", "mixed_float16"])
     parser.add_argument("--pretrained", help="official ImageNet HRNet checkpoint (.pth/.npz), backbone keys only")
     parser.add_argument("--seed", type=int)

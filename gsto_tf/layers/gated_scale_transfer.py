@@ -17,7 +17,7 @@ The transform runs *before* an upsampling and the pooling *after* the 1x1 transf
 
 import keras
 
-from gsto_tf.layers.resize import resize_bilinear, spatial_size
+from gsto_tf.layers.resize import BilinearResize, resize_bilinear, spatial_size
 from gsto_tf.layers.spatial_gate import GATE_STYLES, SpatialGate
 
 SCALES = ("same", "down", "up")
@@ -106,6 +106,8 @@ class GatedScaleTransfer(keras.layers.Layer):
         if gate == "supervised" and self.num_classes is not None:
             # Predicts the class-score map P that drives the gate (eq. 5); returned so a loss can supervise it.
             self.class_score_layer = keras.layers.Conv2D(self.num_classes, 1, dtype=policy, name="class_scores")
+        # Resizes given class scores to x's size; a layer (not a raw op) so compute_gate also works symbolically.
+        self.scores_resize = BilinearResize(dtype=policy, name="scores_resize") if gate == "supervised" else None
         strided = scale == "down" and down_method == "conv"
         self.pad = keras.layers.ZeroPadding2D(1, dtype=policy, name="pad") if strided else None
         self.transform = keras.layers.Conv2D(
@@ -158,8 +160,7 @@ class GatedScaleTransfer(keras.layers.Layer):
             predicted = self.class_score_layer(x)
             class_scores = predicted
         else:
-            class_scores = keras.ops.cast(class_scores, x.dtype)
-            class_scores = resize_bilinear(class_scores, spatial_size(x))
+            class_scores = self.scores_resize([keras.ops.cast(class_scores, x.dtype), x])
         return self.gate_layer(class_scores, training=training), predicted
 
     def compute_gate(self, x, class_scores=None, training=False):

@@ -131,7 +131,7 @@ def _layer_costs(layer):
     """(multiply-adds, FLOPs) of one layer of a functional graph (nested functional models are walked)."""
     if isinstance(layer, keras.layers.InputLayer):
         return 0, 0
-    if isinstance(layer, keras.Model) and hasattr(layer, "_operations"):
+    if isinstance(layer, keras.Sequential) or (isinstance(layer, keras.Model) and hasattr(layer, "_operations")):
         macs = flops = 0
         for inner in layer.layers:
             m, f = _layer_costs(inner)

@@ -2,19 +2,33 @@
 
 import keras
 
+from gsto_tf.layers.gated_scale_transfer import GatedScaleTransfer
 from gsto_tf.layers.spatial_gate import SpatialGate
+
+
+def _is_gate_layer(layer):
+    if isinstance(layer, SpatialGate):
+        return True
+    if isinstance(layer, GatedScaleTransfer):
+        return layer.gate is not None
+    return isinstance(layer, keras.layers.Activation) and layer.name.endswith(".sigmoid")
 
 
 def gate_layer_names(model):
     """Names of the gate-producing layers: fusion gates (``stage{s}.{m}.att_layers.{i}.{j}``, output branch i,
-    input branch j) and the class-map gates of the transitions (``att2.2.sigmoid``, ``att3.3.sigmoid``)."""
-    names = []
-    for layer in model.layers:
-        if isinstance(layer, SpatialGate) or (
-            isinstance(layer, keras.layers.Activation) and layer.name.endswith(".sigmoid")
-        ):
-            names.append(layer.name)
-    return names
+    input branch j), the class-map gates of the transitions (``att2.2.sigmoid``, ``att3.3.sigmoid``) and every
+    gated :class:`~gsto_tf.layers.GatedScaleTransfer` (e.g. in the PPM / ASPP heads)."""
+    return [layer.name for layer in model.layers if _is_gate_layer(layer)]
+
+
+def _gate_tensor(layer):
+    if not isinstance(layer, GatedScaleTransfer):
+        return layer.output
+    # The gate is internal to the layer: recompute it from the layer's recorded inputs with its own weights.
+    node = layer._inbound_nodes[0]
+    x = node.arguments.args[0]
+    class_scores = node.arguments.kwargs.get("class_scores")
+    return layer.compute_gate(x, class_scores=class_scores)
 
 
 def gate_model(model):
@@ -25,4 +39,5 @@ def gate_model(model):
     names = gate_layer_names(model)
     if not names:
         raise ValueError(f"model '{model.name}' has no GSTO gates")
-    return keras.Model(model.input, {n: model.get_layer(n).output for n in names}, name=f"{model.name}_gates")
+    outputs = {n: _gate_tensor(model.get_layer(n)) for n in names}
+    return keras.Model(model.input, outputs, name=f"{model.name}_gates")

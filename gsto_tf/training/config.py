@@ -101,7 +101,7 @@ RECIPES = {
     "synthetic": {
         "data": {"dataset": "synthetic"},
         "model": {"name": "gsto_hrnet_w18_small_v2"},
-        "train": {"global_batch_size": 8, "lr": 0.02, "weight_decay": 1e-4, "steps": 300, "checkpoint_every": 50},
+        "train": {"global_batch_size": 8, "lr": 0.02, "weight_decay": 1e-4, "steps": 240, "checkpoint_every": 40},
     },
 }
 

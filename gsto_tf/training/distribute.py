@@ -2,17 +2,30 @@
 
 import tensorflow as tf
 
-STRATEGIES = ("auto", "default", "mirrored")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
 
 def make_strategy(name="auto"):
     """``auto``: MirroredStrategy when more than one GPU is visible, else the default strategy.
 
-    Multi-worker training (MultiWorkerMirroredStrategy) is not offered yet: ``model.fit`` fails under it in
-    Keras 3.15 (keras-team/keras#20585, SPEC §9).
+    ``multi_worker``: MultiWorkerMirroredStrategy configured from ``TF_CONFIG``; ``model.fit`` works under it
+    thanks to :func:`gsto_tf.training.multi_worker.enable_multi_worker_fit` (keras-team/keras#20585).
     """
     if name not in STRATEGIES:
         raise ValueError(f"--strategy: expected one of {STRATEGIES}, got {name!r}")
+    if name == "multi_worker":
+        import json
+        import os
+
+        from gsto_tf.training.multi_worker import enable_multi_worker_fit
+
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy multi_worker needs TF_CONFIG (cluster worker addresses and this task's "
+                             "index), e.g. {\"cluster\": {\"worker\": [\"host1:12345\", \"host2:12345\"]}, "
+                             "\"task\": {\"type\": \"worker\", \"index\": 0}}")
+        json.loads(os.environ["TF_CONFIG"])  # fail early on malformed JSON
+        enable_multi_worker_fit()
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy()

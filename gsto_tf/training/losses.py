@@ -43,6 +43,11 @@ class SegmentationLoss(keras.losses.Loss):
         self.ohem_min_kept = int(ohem_min_kept)
 
     def call(self, y_true, y_pred):
+        # A shape-[1] result, not a scalar: Keras' reduction returns scalars untouched and would then skip
+        # `scale_loss_for_distribution`, so with R replicas the summed gradients would be R times too large.
+        return tf.reshape(self._mean_loss(y_true, y_pred), [1])
+
+    def _mean_loss(self, y_true, y_pred):
         labels = tf.cast(y_true, tf.int32)
         if labels.shape.rank == 4:
             labels = labels[..., 0]
