@@ -77,7 +77,7 @@ def test_cityscapes_weights_and_bad_weights():
 def test_poly_schedule_values():
     sched = poly_schedule(0.01, 1000, 0.9)
     for it in (0, 1, 500, 999, 1000):
-        assert float(sched(it)) == pytest.approx(0.01 * (1 - it / 1000) ** 0.9, rel=1e-5, abs=1e-12)
+        assert float(sched(it)) == pytest.approx(0.01 * (1 - it / 1000) ** 0.9, rel=1e-4, abs=1e-12)  # float32
 
 
 def test_torch_sgd_matches_pytorch_update_rule():

@@ -8,6 +8,7 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class TestSetting:
+    __test__ = False  # not a pytest test class despite the name
     scales: tuple = (1.0,)
     flip: bool = False
     mode: str = "whole"  # "whole" or "slide"

@@ -35,7 +35,9 @@ def convert_to_tflite(model, input_size, quantize="none", representative_images=
     def logits(image):
         return {"logits": tf.cast(infer(image, training=False), tf.float32)}
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([logits.get_concrete_function()], infer)
+    # No trackable object: the captured variables are frozen into constants (with one, they would stay
+    # resource variables, uninitialised in the interpreter).
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([logits.get_concrete_function()])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
