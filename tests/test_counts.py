@@ -73,3 +73,19 @@ def test_nested_functional_models_are_walked():
     unknown = keras.Model(unknown_in, keras.layers.Conv2D(4, 1)(unknown_in))
     with pytest.raises(ValueError, match="unknown spatial size"):
         count_model(keras.Model(inputs, unknown(inputs)))
+
+
+def test_full_flops_follow_the_documented_convention():
+    import keras
+
+    from gsto_tf.models.counting import count_model
+
+    inputs = keras.Input((8, 10, 3), batch_size=1)
+    y = keras.layers.Conv2D(4, 3, padding="same", use_bias=True)(inputs)
+    y = keras.layers.ReLU()(keras.layers.BatchNormalization()(y))
+    c = count_model(keras.Model(inputs, y))
+    macs = 3 * 3 * 3 * 4 * 8 * 10
+    elements = 8 * 10 * 4
+    assert c.conv_macs == macs
+    assert c.full_flops == 2 * macs + elements + 2 * elements + elements  # conv, bias, BN, ReLU
+    assert c.params == 3 * 3 * 3 * 4 + 4 + 2 * 4 and c.paper_params == 3 * 3 * 3 * 4 + 4

@@ -58,8 +58,8 @@ def count_table(models, num_classes=19, input_size=(1024, 2048)):
 
 
 def format_table(rows):
-    cols = ["model", "params", "official_params_minus_att1", "paper_params_M", "slide_params_M", "paper_GFLOPs",
-            "official_GFLOPs", "slide_GFLOPs", "full_GFLOPs"]
+    cols = ["model", "params", "official_params_minus_att1", "paper_params", "official_paper_params",
+            "slide_params_M", "paper_GFLOPs", "official_GFLOPs", "slide_GFLOPs", "full_GFLOPs"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     lines = ["  ".join(c.ljust(widths[c]) for c in cols), "  ".join("-" * widths[c] for c in cols)]
     lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]

@@ -19,12 +19,22 @@ from gsto_tf.data.registry import get_dataset_spec
 from gsto_tf.layers.resize import resize_bilinear, resize_nearest
 
 AUTOTUNE = tf.data.AUTOTUNE
+_PNG_MAGIC = b"\x89PNG"
+_IMAGE_MAGIC = (_PNG_MAGIC, b"\xff\xd8\xff", b"BM", b"GIF8")
 
 
 def _decode(spec, image_path, label_path):
     """Read one pair -> (uint8 image [H, W, 3], int32 train-id label [H, W]); errors name the file."""
-    image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
-    raw = tf.io.decode_png(tf.io.read_file(label_path), channels=1)[..., 0]
+    image_bytes, label_bytes = tf.io.read_file(image_path), tf.io.read_file(label_path)
+    # decode ops' own errors do not say which file; check the format signature first so a corrupt or
+    # mis-named file fails with its path (a truncated file with a valid header still fails inside the decoder).
+    image_ok = tf.reduce_any([tf.strings.substr(image_bytes, 0, len(m)) == m for m in _IMAGE_MAGIC])
+    label_ok = tf.strings.substr(label_bytes, 0, len(_PNG_MAGIC)) == _PNG_MAGIC
+    checks = [tf.debugging.Assert(image_ok, ["undecodable image (not a PNG/JPEG/BMP/GIF file):", image_path]),
+              tf.debugging.Assert(label_ok, ["undecodable label (not a PNG file):", label_path])]
+    with tf.control_dependencies(checks):
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        raw = tf.io.decode_png(label_bytes, channels=1)[..., 0]
     # tf.debugging.Assert takes tensors as data, so the message can carry the offending file's path.
     same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(raw)))
     check_size = tf.debugging.Assert(
@@ -139,6 +149,9 @@ def build_train_dataset(name, data_dir, *, global_batch_size, seed=0, crop_size=
     if start_step:
         ds = ds.skip(start_step * global_batch_size)
 
+    # Plain tf ops only (tf.cond is explicit), so autograph is not needed; it mis-resolved this closure's
+    # variables and warned on every build.
+    @tf.autograph.experimental.do_not_convert
     def load(position, index):
         image, label = _decode(spec, images[index], labels[index])
         return _augment(spec, image, label, crop_size, scale_range,
@@ -164,6 +177,7 @@ def build_eval_dataset(name, data_dir, *, split="val", limit=None):
         samples = samples[:limit]
     ds = tf.data.Dataset.from_tensor_slices(([s[0] for s in samples], [s[1] for s in samples]))
 
+    @tf.autograph.experimental.do_not_convert
     def load(image_path, label_path):
         image, label = _decode(spec, image_path, label_path)
         return {"image": normalize_image(image), "label": label, "path": image_path}

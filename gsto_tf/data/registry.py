@@ -149,8 +149,9 @@ _SPECS = {
         class_names=PASCAL_CONTEXT_CLASSES,
         palette=_voc_palette(60)[1:],
         layout=_PASCAL_LAYOUT,
-        source="VOC2010 images: host.robots.ox.ac.uk/pascal/VOC/voc2010/; labels: PASCAL in Detail / "
-        "PASCAL-Context (trainval_merged.json or the per-image .mat files; see `run.py data prepare`)",
+        source="VOC2010 images: host.robots.ox.ac.uk/pascal/VOC/voc2010/; labels: PASCAL-Context trainval.tar.gz "
+        "(per-image .mat files, https://cs.stanford.edu/~roozbeh/pascal-context/) converted once with "
+        "`run.py data prepare --data-dir D --mat-dir D/trainval`, or an already converted SegmentationClassContext",
         raw_to_train=((0, IGNORE_LABEL),) + tuple((i, i - 1) for i in range(1, 60)),
         unlisted=_INVALID,
         split_sizes=(("train", 4998), ("val", 5105)),

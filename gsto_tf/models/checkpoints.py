@@ -305,8 +305,10 @@ def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, 
       ``backbone_only=True`` the file is an ImageNet backbone checkpoint: its classifier keys are ignored and the
       head / gate weights stay initialised (listed in the report, not errors even when ``strict``).
     """
-    from gsto_tf.models.factory import build
+    from gsto_tf.models.factory import available_models, build
 
+    # Importing every model family registers its custom layers, which deserialising a .keras file needs.
+    available_models()
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")

@@ -21,6 +21,21 @@ def gate_layer_names(model):
     return [layer.name for layer in model.layers if _is_gate_layer(layer)]
 
 
+class _GateOf(keras.layers.Layer):
+    """Weightless wrapper computing a GatedScaleTransfer's gate with that layer's own weights (for gate_model;
+    not serialisable, visualisation only)."""
+
+    def __init__(self, target, **kwargs):
+        super().__init__(**kwargs)
+        self.target = target
+
+    def call(self, x, class_scores=None):
+        return self.target.compute_gate(x, class_scores=class_scores, training=False)
+
+    def compute_output_shape(self, x_shape, class_scores_shape=None):
+        return tuple(x_shape[:-1]) + (1,)
+
+
 def _gate_tensor(layer):
     if not isinstance(layer, GatedScaleTransfer):
         return layer.output
@@ -28,7 +43,7 @@ def _gate_tensor(layer):
     node = layer._inbound_nodes[0]
     x = node.arguments.args[0]
     class_scores = node.arguments.kwargs.get("class_scores")
-    return layer.compute_gate(x, class_scores=class_scores)
+    return _GateOf(layer, name=f"{layer.name}.gate_map")(x, class_scores=class_scores)
 
 
 def gate_model(model):

@@ -12,12 +12,17 @@ AUX_STAGE3 = "aux_stage3"
 AUX_STAGE2 = "aux_stage2"
 # PSPNet / DeepLab-style heads: the standard FCN auxiliary head on stage-3 features (weight 0.4).
 AUX_FCN = "aux_fcn"
+# PPM / ASPP "w/ sup" variants: the class-score map P predicted from the head's input (SPEC §1 eq. 5), supervised by
+# the ground truth; in "gsto_sup" it drives the gates. No published weight: 0.4 = the weight of the FCN aux head on
+# the same (stride-8) features, inside GSTO-HRNet's 0.3-0.5 range for its class-map predictors.
+AUX_CLASS_MAP = "aux_class_map"
 
 AUX_LOSS_WEIGHTS = {
     FINAL_LOGITS: 1.0,
     AUX_STAGE3: 0.5,
     AUX_STAGE2: 0.3,
     AUX_FCN: 0.4,
+    AUX_CLASS_MAP: 0.4,
 }
 
 

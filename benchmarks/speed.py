@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""GSTO-HRNet vs HRNetV2 speed on this machine: inference latency and train-step time, fp32 and bf16.
+
+A and B are timed *interleaved* in one process (A, B, A, B, ...) after warm-up, so load from other processes hits
+both alike; the table reports medians and the GSTO / HRNetV2 ratio, plus achieved GFLOP/s (2 x conv multiply-adds
+per second) next to a matmul peak measured in the same run. Writes benchmarks/results/speed.csv.
+
+    python benchmarks/speed.py [--widths w18_small_v2 w48] [--size 512x1024] [--repeats 7]
+"""
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from gsto_tf.cli.counts import parse_size  # noqa: E402
+from gsto_tf.models import build, inference_model  # noqa: E402
+from gsto_tf.models.counting import count_model  # noqa: E402
+from gsto_tf.training.losses import SegmentationLoss  # noqa: E402
+
+
+def matmul_peak_gflops(n=2048, repeats=5):
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    fn = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn().numpy()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def _callables(name, size, num_classes=19):
+    model = build(name, num_classes, input_shape=(*size, 3))
+    infer = inference_model(model)
+    loss_fn = SegmentationLoss(num_classes)
+    opt = keras.optimizers.SGD(0.001)
+    x = tf.random.normal((1, *size, 3))
+    y = tf.random.uniform((1, *size), 0, num_classes, tf.int32)
+
+    @tf.function
+    def infer_step():
+        return tf.reduce_sum(infer(x, training=False))
+
+    @tf.function
+    def train_step():
+        with tf.GradientTape() as tape:
+            out = model(x, training=True)
+            loss = tf.add_n([tf.reduce_sum(loss_fn(y, v)) for v in out.values()])
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    macs = count_model(model).conv_macs
+    return {"infer": infer_step, "train": train_step}, macs
+
+
+def bench(widths, size, repeats, precisions):
+    peak = matmul_peak_gflops()
+    rows = []
+    for precision in precisions:
+        keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bf16" else "float32")
+        for width in widths:
+            pair = {}
+            for family in ("hrnetv2", "gsto_hrnet"):
+                pair[family] = _callables(f"{family}_{width}", size)
+            for kind in ("infer", "train"):
+                for fns, _ in pair.values():  # warm-up: trace + first runs
+                    fns[kind]().numpy()
+                    fns[kind]().numpy()
+                times = {f: [] for f in pair}
+                for _ in range(repeats):
+                    for family, (fns, _) in pair.items():
+                        t = time.perf_counter()
+                        fns[kind]().numpy()
+                        times[family].append(time.perf_counter() - t)
+                med = {f: statistics.median(v) for f, v in times.items()}
+                for family in pair:
+                    macs = pair[family][1]
+                    rows.append({
+                        "width": width, "precision": precision, "step": kind, "model": family,
+                        "median_s": round(med[family], 4),
+                        "gsto_over_hrnet": round(med["gsto_hrnet"] / med["hrnetv2"], 3),
+                        "achieved_GFLOPs": round(2 * macs * (3 if kind == "train" else 1) / med[family] / 1e9, 1),
+                        "matmul_peak_GFLOPs": round(peak, 1),
+                    })
+            keras.backend.clear_session()
+    keras.config.set_dtype_policy("float32")
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--widths", nargs="+", default=["w18_small_v2"])
+    parser.add_argument("--size", default="512x1024")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "speed.csv"))
+    args = parser.parse_args()
+    size = parse_size(args.size, "--size")
+    rows = bench(args.widths, size, args.repeats, args.precisions)
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print(f"batch 1, {size[0]}x{size[1]}, median of {args.repeats} interleaved runs, {os.cpu_count()} CPU cores "
+          "(train GFLOP/s counts 3x the forward multiply-adds)")
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out + ".tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(args.out + ".tmp", args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""`run.py data verify|browse|prepare`: check a dataset on disk, look at augmented samples, convert formats."""
+
+import math
+import os
+
+import numpy as np
+
+from gsto_tf.data import DatasetError, available_datasets, get_dataset_spec, resolve_data_dir
+
+
+def add_arguments(parser):
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    verify = sub.add_parser("verify", help="check every file of each split; report bad files and counts")
+    verify.add_argument("--dataset", default="synthetic", choices=available_datasets())
+    verify.add_argument("--data-dir")
+    verify.add_argument("--split", action="append", help="split(s) to check (default: train and val)")
+    verify.add_argument("--limit", type=int, help="check only the first N samples of each split")
+    browse = sub.add_parser("browse", help="write a PNG grid of augmented training samples with label overlays")
+    browse.add_argument("--dataset", default="synthetic", choices=available_datasets())
+    browse.add_argument("--data-dir")
+    browse.add_argument("--split", default="train")
+    browse.add_argument("--num", type=int, default=8, help="number of samples")
+    browse.add_argument("--seed", type=int, default=0)
+    browse.add_argument("--crop-size", help="HxW (default: the dataset's)")
+    browse.add_argument("--photometric", action="store_true")
+    browse.add_argument("--output", default="data_browse.png")
+    prepare = sub.add_parser("prepare", help="convert PASCAL-Context .mat files into the PNG layout (once)")
+    prepare.add_argument("--dataset", default="pascal_context", choices=["pascal_context", "pascal_context_60"])
+    prepare.add_argument("--data-dir", required=True, help="folder holding VOC2010/ (PNGs are written there)")
+    prepare.add_argument("--mat-dir", required=True, help="folder of the original {id}.mat files (trainval/)")
+    prepare.add_argument("--overwrite", action="store_true")
+
+
+def _verify(args):
+    from gsto_tf.data.verify import verify_dataset
+
+    data_dir = resolve_data_dir(args.dataset, args.data_dir)
+    reports = verify_dataset(args.dataset, data_dir, args.split, args.limit, progress=print)
+    bad = 0
+    for r in reports:
+        expected = "?" if r.expected is None else r.expected
+        flag = "" if r.count_ok else "   <-- count differs from the expected"
+        print(f"{args.dataset} {r.split}: {r.found} samples (expected {expected}), {len(r.problems)} bad{flag}")
+        for path, what in r.problems:
+            print(f"  BAD {path}: {what}")
+        bad += len(r.problems)
+    ok = bad == 0 and all(r.count_ok for r in reports)
+    print("OK" if ok else f"FAILED: {bad} bad file(s)" + ("" if all(r.count_ok for r in reports) else ", counts"))
+    return 0 if ok else 1
+
+
+def overlay_grid(images, labels, spec, columns=4, alpha=0.5):
+    """uint8 grid: each sample as [image | image blended with the palette-coloured label] (ignore = black)."""
+    from gsto_tf.data import denormalize_image
+
+    palette = np.concatenate([spec.palette_array, np.zeros((256 - spec.num_classes, 3), np.uint8)])
+    tiles = []
+    for image, label in zip(images, labels):
+        rgb = denormalize_image(image)
+        colour = palette[np.clip(label, 0, 255)]
+        blend = np.where((label == spec.ignore_label)[..., None], 0, (1 - alpha) * rgb + alpha * colour)
+        tiles.append(np.concatenate([rgb, np.full((rgb.shape[0], 2, 3), 255, np.uint8), blend.astype(np.uint8)], 1))
+    rows = math.ceil(len(tiles) / columns)
+    h, w = tiles[0].shape[:2]
+    grid = np.full((rows * (h + 4), columns * (w + 4), 3), 255, np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, columns)
+        grid[r * (h + 4):r * (h + 4) + h, c * (w + 4):c * (w + 4) + w] = tile
+    return grid
+
+
+def _browse(args):
+    from PIL import Image
+
+    from gsto_tf.data import build_train_dataset
+
+    spec = get_dataset_spec(args.dataset)
+    crop = tuple(int(v) for v in args.crop_size.lower().split("x")) if args.crop_size else None
+    ds = build_train_dataset(args.dataset, args.data_dir, global_batch_size=1, seed=args.seed, crop_size=crop,
+                             split=args.split, photometric=args.photometric)
+    images, labels = [], []
+    for x, y in ds.take(args.num):
+        images.append(x.numpy()[0])
+        labels.append(y.numpy()[0])
+    grid = overlay_grid(images, labels, spec, columns=min(4, args.num))
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    Image.fromarray(grid).save(args.output)
+    print(f"wrote {args.output} ({args.num} augmented {args.dataset} samples: image | label overlay)")
+    return 0
+
+
+def _prepare(args):
+    from gsto_tf.data.pascal_context_mat import prepare_pascal_context
+
+    counts = prepare_pascal_context(args.mat_dir, args.data_dir, overwrite=args.overwrite)
+    print(f"PASCAL-Context PNG layout ready under {args.data_dir}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def main(args):
+    try:
+        return {"verify": _verify, "browse": _browse, "prepare": _prepare}[args.data_command](args)
+    except DatasetError as exc:
+        print(f"error: {exc}")
+        return 2

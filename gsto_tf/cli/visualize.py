@@ -1,0 +1,78 @@
+"""`run.py visualize KIND`: predictions, gates, features, confusion, curves -> PNG."""
+
+import json
+import os
+
+import numpy as np
+
+from gsto_tf.data import build_eval_dataset, get_dataset_spec, resolve_data_dir
+from gsto_tf.evaluation import Predictor, SegmentationMetrics
+from gsto_tf.models import CheckpointError, gate_model, inference_model, load_checkpoint
+from gsto_tf import visualize
+
+KINDS = ("predictions", "gates", "features", "confusion", "curves")
+
+
+def add_arguments(parser):
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("--output", required=True, help="PNG path")
+    parser.add_argument("--checkpoint", nargs="+", help="model checkpoint(s); `features` compares several")
+    parser.add_argument("--model", help="model name for .weights.h5 / official checkpoints")
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--index", type=int, default=0, help="validation image used by gates / features")
+    parser.add_argument("--num", type=int, default=3, help="images in the predictions grid")
+    parser.add_argument("--opacity", type=float, default=0.5)
+    parser.add_argument("--metrics", help="metrics JSON (confusion)")
+    parser.add_argument("--run-dir", help="training run dir (curves)")
+
+
+def _models(args, spec):
+    if not args.checkpoint:
+        raise SystemExit(f"visualize {args.kind}: --checkpoint is required")
+    try:
+        return [(os.path.basename(p), load_checkpoint(p, name=args.model, num_classes=spec.num_classes)[0])
+                for p in args.checkpoint]
+    except CheckpointError as exc:
+        raise SystemExit(f"visualize: {exc}") from None
+
+
+def _samples(spec, args, count):
+    ds = build_eval_dataset(spec.name, resolve_data_dir(spec.name, args.data_dir)).skip(args.index).take(count)
+    return [(s["image"].numpy(), s["label"].numpy()) for s in ds]
+
+
+def main(args):
+    spec = get_dataset_spec(args.dataset)
+    if args.kind == "curves":
+        if not args.run_dir:
+            raise SystemExit("visualize curves: --run-dir is required")
+        path = visualize.training_curves(args.run_dir, args.output)
+    elif args.kind == "confusion":
+        if not args.metrics:
+            raise SystemExit("visualize confusion: --metrics path/to/metrics.json is required")
+        with open(args.metrics) as f:
+            data = json.load(f)
+        metrics = SegmentationMetrics.from_confusion(np.asarray(data["confusion_matrix"]),
+                                                     list(data["per_class_iou"]), data.get("setting", ""))
+        path = visualize.confusion_plot(metrics, args.output)
+    elif args.kind == "predictions":
+        (_, model), = _models(args, spec)[:1]
+        predictor = Predictor(inference_model(model), flip_pairs=spec.flip_pairs)
+        rows = [(img, lab, predictor.predict(img).numpy()) for img, lab in _samples(spec, args, args.num)]
+        path = visualize.prediction_grid(rows, spec, args.output, args.opacity)
+    elif args.kind == "gates":
+        (_, model), = _models(args, spec)[:1]
+        image, _ = _samples(spec, args, 1)[0]
+        try:
+            gates = gate_model(model)(image[None])
+        except ValueError as exc:
+            raise SystemExit(f"visualize gates: {exc}") from None
+        path = visualize.gate_grid({k: np.asarray(v) for k, v in gates.items()}, image, args.output)
+    else:  # features
+        image, _ = _samples(spec, args, 1)[0]
+        feats = {name: [np.asarray(f) for f in visualize.branch_features(m)(image[None])]
+                 for name, m in _models(args, spec)}
+        path = visualize.branch_feature_grid(feats, image, args.output)
+    print(f"wrote {path}")
+    return 0
