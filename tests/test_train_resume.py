@@ -30,6 +30,8 @@ def _env():
 def _weights(run_dir):
     import keras
 
+    import gsto_tf.training  # noqa: F401  registers TorchSGD / SegmentationLoss, compiled into the .keras file
+
     model = keras.saving.load_model(os.path.join(run_dir, "checkpoints", "final.keras"))
     return [w.numpy() for w in model.weights]
 

@@ -23,7 +23,7 @@ class DataConfig:
 @dataclasses.dataclass
 class ModelConfig:
     name: str = "gsto_hrnet_w18_small_v2"
-    gate_style: str = "official"
+    gate_style: Optional[str] = None  # "official" / "paper"; None = the model's default
     pretrained: Optional[str] = None  # official ImageNet HRNet .pth / .npz, backbone keys only
 
 

@@ -92,7 +92,7 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
 
     with strategy.scope():
         options = {"sync_batchnorm": replicas > 1}
-        if "gsto" in config.model.name:
+        if config.model.gate_style is not None:
             options["gate_style"] = config.model.gate_style
         model = build(config.model.name, spec.num_classes, **options)
         optimizer = TorchSGD(poly_schedule(config.train.lr, total_steps, config.train.lr_power),
