@@ -39,3 +39,11 @@ def test_short_synthetic_run_trains_and_evaluates(tmp_path):
         assert (run / "checkpoints" / name).exists()
     assert (run / "config.yaml").exists() and (run / "history.csv").exists()
     assert "mIoU" in out.stdout
+
+    # A training checkpoint loads for inference in a process that never imports gsto_tf.training.
+    script = ("import sys; from gsto_tf.models import load_checkpoint; "
+              f"m, _ = load_checkpoint({str(run / 'checkpoints' / 'final.keras')!r}); "
+              "assert 'gsto_tf.training' not in sys.modules; print('OK', m.output['logits'].shape[-1])")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO))
+    assert "OK 8" in loaded.stdout, loaded.stderr[-3000:]

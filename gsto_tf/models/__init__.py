@@ -7,10 +7,12 @@ from gsto_tf.models.checkpoints import (
     load_torch_weights,
     read_state_dict,
 )
+from gsto_tf.models.context_heads import build_context_model, load_backbone_weights
 from gsto_tf.models.factory import available_models, build, inference_model, register_model
 from gsto_tf.models.gates import gate_layer_names, gate_model
 from gsto_tf.models.hrnet import build_hrnet, build_hrnet_backbone, hrnet_features
 from gsto_tf.models.outputs import AUX_LOSS_WEIGHTS, FINAL_LOGITS
+from gsto_tf.models.resnet import build_resnet_backbone
 
 __all__ = [
     "AUX_LOSS_WEIGHTS",
@@ -19,12 +21,15 @@ __all__ = [
     "LoadReport",
     "available_models",
     "build",
+    "build_context_model",
     "build_hrnet",
     "build_hrnet_backbone",
+    "build_resnet_backbone",
     "gate_layer_names",
     "gate_model",
     "hrnet_features",
     "inference_model",
+    "load_backbone_weights",
     "load_checkpoint",
     "load_torch_weights",
     "read_state_dict",

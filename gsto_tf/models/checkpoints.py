@@ -244,6 +244,12 @@ def load_torch_weights(model, state_dict_or_path, strict=False, backbone_only=Fa
     else:
         source = source or "<state dict>"
         state = _clean(state_dict_or_path)
+    if backbone_only and not any(k.startswith("backbone.") for k in state):
+        # A bare trunk checkpoint (torchvision / mmseg ImageNet ResNet, HRNet ImageNet) for a model whose trunk
+        # is a nested sub-model named `backbone` (the PPM / ASPP models): load into that sub-model.
+        nested = [l for l in model.layers if isinstance(l, keras.Model) and l.name == "backbone"]
+        if nested:
+            model = nested[0]
     report = LoadReport(source=source)
     expected = model_torch_keys(model)
     assignments = []
@@ -314,7 +320,9 @@ def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, 
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.endswith(".keras"):
         try:
-            return keras.saving.load_model(path), None
+            # compile=False: a training checkpoint stores its optimizer (TorchSGD) and losses, which loading for
+            # inference needs neither to import nor to rebuild; recompile to train further.
+            return keras.saving.load_model(path, compile=False), None
         except Exception as exc:  # keras raises many types for a corrupt archive
             raise CheckpointError(f"{path}: cannot load Keras model ({type(exc).__name__}: {exc}).") from None
     if path.endswith(".weights.h5"):

@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""Inference latency of one model as Keras vs SavedModel vs TFLite fp32 / fp16 / dynamic / int8, batch 1.
+
+All variants are built first, warmed up, then timed *interleaved* (each round runs every variant once), so load
+from other processes hits them alike; the table gives the median of --repeats rounds and the ratio to Keras.
+Keras = the inference model inside a tf.function (logits at stride 4); SavedModel = the exported
+``serving_normalized`` signature (also resizes logits to the input and computes argmax + softmax, as served);
+TFLite = the LiteRT interpreter on the fixed-size file (logits at stride 4). int8 is calibrated on synthetic
+data-pipeline images. Random weights unless --checkpoint. Writes benchmarks/results/export_latency.csv
+(atomically).
+
+    python benchmarks/export_latency.py [--model gsto_hrnet_w18_small_v2] [--input-size 512x1024] [--repeats 5]
+"""
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from gsto_tf.cli.counts import parse_size  # noqa: E402
+from gsto_tf.data import build_eval_dataset, ensure_synthetic  # noqa: E402
+from gsto_tf.export import TFLiteRunner, export_saved_model, export_tflite  # noqa: E402
+from gsto_tf.layers import resize_bilinear  # noqa: E402
+from gsto_tf.models import build, inference_model, load_checkpoint  # noqa: E402
+
+
+def build_variants(model, size, workdir, num_calibration, threads):
+    """name -> zero-argument callable running one batch-1 inference to a numpy result."""
+    image = tf.random.normal((1, *size, 3), seed=0)
+    image_np = image.numpy()
+    infer = inference_model(model) if isinstance(model.output, dict) else model
+    keras_fn = tf.function(lambda x: infer(x, training=False))
+    variants = {"keras": lambda: keras_fn(image).numpy()}
+    serving = tf.saved_model.load(export_saved_model(model, os.path.join(workdir, "saved_model")))
+    serving_fn = serving.signatures["serving_normalized"]
+    variants["saved_model"] = lambda: serving_fn(images=image)["labels"].numpy()
+    data = ensure_synthetic(os.path.join(workdir, "data"), height=64, width=128, train=2, val=num_calibration)
+    calibration = [resize_bilinear(s["image"], size).numpy()
+                   for s in build_eval_dataset("synthetic", data).take(num_calibration)]
+    for quantize in ("none", "fp16", "dynamic", "int8"):
+        path = export_tflite(model, os.path.join(workdir, f"{quantize}.tflite"), size, quantize,
+                             representative_images=calibration if quantize == "int8" else None)
+        runner = TFLiteRunner(path, num_threads=threads)
+        name = "tflite_fp32" if quantize == "none" else f"tflite_{quantize}"
+        variants[name] = (lambda r: lambda: r(image_np))(runner)
+    return variants
+
+
+def bench(variants, repeats, warmup=2):
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gsto_hrnet_w18_small_v2")
+    parser.add_argument("--checkpoint", help=".keras checkpoint (default: random weights)")
+    parser.add_argument("--num-classes", type=int, default=19)
+    parser.add_argument("--input-size", default="512x1024")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--num-calibration", type=int, default=2, help="int8 representative images")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="TFLite interpreter threads")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "export_latency.csv"))
+    args = parser.parse_args()
+    size = parse_size(args.input_size, "--input-size")
+    if args.checkpoint:
+        model, _ = load_checkpoint(args.checkpoint, name=args.model, num_classes=args.num_classes)
+    else:
+        keras.utils.set_random_seed(0)
+        model = build(args.model, args.num_classes)
+    with tempfile.TemporaryDirectory(prefix="export_latency-") as workdir:
+        variants = build_variants(model, size, workdir, args.num_calibration, args.threads)
+        medians = bench(variants, args.repeats)
+    rows = [{"model": args.model, "input": f"{size[0]}x{size[1]}", "variant": name, "median_s": round(t, 4),
+             "vs_keras": round(t / medians["keras"], 2), "repeats": args.repeats} for name, t in medians.items()]
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print(f"batch 1, median of {args.repeats} interleaved rounds after 2 warm-up runs, {os.cpu_count()} CPU cores, "
+          f"TFLite threads {args.threads}, weights: {args.checkpoint or 'random'}")
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
