@@ -160,20 +160,6 @@ _SPECS = {
         scale_range=(0.5, 2.1),
         layout_kind="pascal_context",
     ),
-    "pascal_context_60": DatasetSpec(
-        name="pascal_context_60",
-        class_names=("background",) + PASCAL_CONTEXT_CLASSES,
-        palette=_voc_palette(60),
-        layout=_PASCAL_LAYOUT,
-        source="as pascal_context",
-        raw_to_train=tuple((i, i) for i in range(60)),
-        unlisted=_INVALID,
-        split_sizes=(("train", 4998), ("val", 5105)),
-        crop_size=(480, 480),
-        base_size=520,
-        scale_range=(0.5, 2.1),
-        layout_kind="pascal_context",
-    ),
     "lip": DatasetSpec(
         name="lip",
         class_names=LIP_CLASSES,
@@ -203,6 +189,17 @@ _SPECS = {
         scale_range=(0.75, 1.25),
     ),
 }
+
+
+# PASCAL-Context with the background as class 0: the same data, another label mapping.
+_SPECS["pascal_context_60"] = dataclasses.replace(
+    _SPECS["pascal_context"],
+    name="pascal_context_60",
+    class_names=("background",) + PASCAL_CONTEXT_CLASSES,
+    palette=_voc_palette(60),
+    source="as pascal_context",
+    raw_to_train=tuple((i, i) for i in range(60)),
+)
 
 
 def available_datasets():

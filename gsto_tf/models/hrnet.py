@@ -141,20 +141,15 @@ def hrnet_features(inputs, spec="w18_small_v2", *, gsto=False, num_classes=None,
 
     aux = {}
     xs = _transition([x], spec["stage2"]["num_channels"], 1, sync)
-    xs = _stage(xs, spec["stage2"], 2, gsto, gate_style, sync)
-    gated = None
-    if gsto:
-        aux[out_names.AUX_STAGE2] = _seg_head(xs, num_classes, "last_layer_stage2", sync)
-        gate = _class_map_gate(aux[out_names.AUX_STAGE2], "att2.2", 1, sync)
-        gated = keras.layers.Multiply(name="att2.2.mul")([xs[-1], gate])
-    xs = _transition(xs, spec["stage3"]["num_channels"], 2, sync, new_branch_input=gated)
-    xs = _stage(xs, spec["stage3"], 3, gsto, gate_style, sync)
-    gated = None
-    if gsto:
-        aux[out_names.AUX_STAGE3] = _seg_head(xs, num_classes, "last_layer_stage3", sync)
-        gate = _class_map_gate(aux[out_names.AUX_STAGE3], "att3.3", 2, sync)
-        gated = keras.layers.Multiply(name="att3.3.mul")([xs[-1], gate])
-    xs = _transition(xs, spec["stage4"]["num_channels"], 3, sync, new_branch_input=gated)
+    for s in (2, 3):
+        xs = _stage(xs, spec[f"stage{s}"], s, gsto, gate_style, sync)
+        gated = None
+        if gsto:  # stage-s class map -> att{s}.{s} gate on the lowest branch before the new branch is made
+            aux_name = out_names.AUX_STAGE2 if s == 2 else out_names.AUX_STAGE3
+            aux[aux_name] = _seg_head(xs, num_classes, f"last_layer_stage{s}", sync)
+            gate = _class_map_gate(aux[aux_name], f"att{s}.{s}", s - 1, sync)
+            gated = keras.layers.Multiply(name=f"att{s}.{s}.mul")([xs[-1], gate])
+        xs = _transition(xs, spec[f"stage{s + 1}"]["num_channels"], s, sync, new_branch_input=gated)
     xs = _stage(xs, spec["stage4"], 4, gsto, gate_style, sync)
     return xs, aux
 
