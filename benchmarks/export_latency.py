@@ -24,7 +24,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from gsto_tf.cli.counts import parse_size  # noqa: E402
@@ -34,7 +33,7 @@ from gsto_tf.layers import resize_bilinear  # noqa: E402
 from gsto_tf.models import build, inference_model, load_checkpoint  # noqa: E402
 
 
-def build_variants(model, size, workdir, num_calibration, threads):
+def build_variants(model, size, workdir, num_calibration, threads, failed):
     """name -> zero-argument callable running one batch-1 inference to a numpy result."""
     image = tf.random.normal((1, *size, 3), seed=0)
     image_np = image.numpy()
@@ -50,8 +49,13 @@ def build_variants(model, size, workdir, num_calibration, threads):
     for quantize in ("none", "fp16", "dynamic", "int8"):
         path = export_tflite(model, os.path.join(workdir, f"{quantize}.tflite"), size, quantize,
                              representative_images=calibration if quantize == "int8" else None)
-        runner = TFLiteRunner(path, num_threads=threads)
         name = "tflite_fp32" if quantize == "none" else f"tflite_{quantize}"
+        try:
+            runner = TFLiteRunner(path, num_threads=threads)
+        except RuntimeError as exc:  # e.g. XNNPACK refusing degenerate quantisation params of random weights
+            print(f"{name}: the interpreter failed to load: {exc}", file=sys.stderr)
+            failed[name] = str(exc).splitlines()[0]
+            continue
         variants[name] = (lambda r: lambda: r(image_np))(runner)
     return variants
 
@@ -87,10 +91,13 @@ def main():
         keras.utils.set_random_seed(0)
         model = build(args.model, args.num_classes)
     with tempfile.TemporaryDirectory(prefix="export_latency-") as workdir:
-        variants = build_variants(model, size, workdir, args.num_calibration, args.threads)
+        failed = {}
+        variants = build_variants(model, size, workdir, args.num_calibration, args.threads, failed)
         medians = bench(variants, args.repeats)
     rows = [{"model": args.model, "input": f"{size[0]}x{size[1]}", "variant": name, "median_s": round(t, 4),
              "vs_keras": round(t / medians["keras"], 2), "repeats": args.repeats} for name, t in medians.items()]
+    rows += [{"model": args.model, "input": f"{size[0]}x{size[1]}", "variant": name, "median_s": "failed",
+              "vs_keras": "", "repeats": 0} for name in failed]
     cols = list(rows[0])
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     print(f"batch 1, median of {args.repeats} interleaved rounds after 2 warm-up runs, {os.cpu_count()} CPU cores, "

@@ -1,7 +1,6 @@
 """`run.py visualize KIND`: predictions, gates, features, confusion, curves -> PNG."""
 
 import json
-import os
 
 import numpy as np
 
@@ -31,10 +30,13 @@ def _models(args, spec):
     if not args.checkpoint:
         raise SystemExit(f"visualize {args.kind}: --checkpoint is required")
     try:
-        return [(os.path.basename(p), load_checkpoint(p, name=args.model, num_classes=spec.num_classes)[0])
-                for p in args.checkpoint]
+        models = [load_checkpoint(p, name=args.model, num_classes=spec.num_classes)[0] for p in args.checkpoint]
     except CheckpointError as exc:
         raise SystemExit(f"visualize: {exc}") from None
+    # Row labels: the model names, made unique with the checkpoint path when two models share a name.
+    names = [m.name for m in models]
+    labels = [n if names.count(n) == 1 else f"{n} ({p})" for n, p in zip(names, args.checkpoint)]
+    return list(zip(labels, models))
 
 
 def _samples(spec, args, count):
