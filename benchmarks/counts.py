@@ -11,7 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gsto_tf.cli.counts import ALL_MODELS, SLIDE_MODELS, count_table, format_table, write_csv  # noqa: E402
+from gsto_tf.cli.counts import ALL_MODELS, SLIDE_MODELS, count_table, format_table  # noqa: E402
+from gsto_tf.tables import write_csv  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
@@ -24,6 +25,5 @@ if __name__ == "__main__":
     if not args.slide_only:
         print("\nAll widths")
         print(format_table(rows))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
     write_csv(rows, args.out)
     print(f"wrote {args.out}")

@@ -12,7 +12,6 @@ data_pipeline.csv.
 """
 
 import argparse
-import csv
 import os
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from PIL import Image  # noqa: E402
 
 from gsto_tf.data import build_train_dataset, ensure_synthetic, get_dataset_spec  # noqa: E402
 from gsto_tf.data.synthetic import generate_sample  # noqa: E402
+from gsto_tf.tables import write_csv  # noqa: E402
 
 
 def write_fake_cityscapes(root, n=6):
@@ -115,11 +115,7 @@ def main():
     print(" | ".join(f"{h:>22}" for h in header))
     for r in rows:
         print(" | ".join(f"{str(r[h]):>22}" for h in header))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, args.out, header)
     print(f"wrote {args.out}")
 
 

@@ -13,7 +13,6 @@ data-pipeline images. Random weights unless --checkpoint. Writes benchmarks/resu
 """
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -31,6 +30,7 @@ from gsto_tf.data import build_eval_dataset, ensure_synthetic  # noqa: E402
 from gsto_tf.export import TFLiteRunner, export_saved_model, export_tflite  # noqa: E402
 from gsto_tf.layers import resize_bilinear  # noqa: E402
 from gsto_tf.models import build, inference_model, load_checkpoint  # noqa: E402
+from gsto_tf.tables import write_csv  # noqa: E402
 
 
 def build_variants(model, size, workdir, num_calibration, threads, failed):
@@ -105,13 +105,7 @@ def main():
     print("  ".join(c.ljust(widths[c]) for c in cols))
     for r in rows:
         print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=cols)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, args.out)
+    write_csv(rows, args.out, cols)
     print(f"wrote {args.out}")
     return 0
 

@@ -9,7 +9,6 @@ per second) next to a matmul peak measured in the same run. Writes benchmarks/re
 """
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -25,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 from gsto_tf.cli.counts import parse_size  # noqa: E402
 from gsto_tf.models import build, inference_model  # noqa: E402
 from gsto_tf.models.counting import count_model  # noqa: E402
+from gsto_tf.tables import write_csv  # noqa: E402
 from gsto_tf.training.losses import SegmentationLoss  # noqa: E402
 
 
@@ -117,12 +117,7 @@ def main():
     print("  ".join(c.ljust(widths[c]) for c in cols))
     for r in rows:
         print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=cols)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(args.out + ".tmp", args.out)
+    write_csv(rows, args.out)
     print(f"wrote {args.out}")
 
 

@@ -11,7 +11,6 @@ step (which traces the graph). The machine is shared: timings are noisy, compare
 """
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -22,6 +21,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from gsto_tf.tables import write_csv  # noqa: E402  (no TensorFlow import: the parent stays light)
 
 DEFAULT_MODELS = ("gsto_hrnet_w18_small_v2", "hrnetv2_w18_small_v2", "gsto_hrnet_w48", "hrnetv2_w48")
 DEFAULT_CROPS = ("cityscapes", "pascal_context", "lip")
@@ -115,15 +116,9 @@ def main():
     print(f"\nTrain step on this CPU ({os.cpu_count()} cores, shared: timings are noisy), "
           f"median of {args.steps} steps after a warm-up step")
     print(format_table(rows))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
     fields = ["model", "dataset", "crop", "batch", "step_s", "min_step_s", "images_per_s", "first_step_s",
               "peak_rss_mib", "params_m"]
-    tmp = args.out + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, args.out)
+    write_csv(rows, args.out, fields)
     print(f"wrote {args.out}")
     return 0
 

@@ -1,8 +1,7 @@
 """`run.py counts`: params and GFLOPs of our models next to the paper's and the official numbers."""
 
-import csv
-import os
 
+from gsto_tf import tables
 from gsto_tf.models.counting import OFFICIAL_COUNTS, SLIDE_COUNTS, UNUSED_ATT1_PARAMS, count_named_model
 
 SLIDE_MODELS = ("hrnetv2_w18_small_v2", "gsto_hrnet_w18_small_v2", "hrnetv2_w48", "gsto_hrnet_w48")
@@ -58,21 +57,9 @@ def count_table(models, num_classes=19, input_size=(1024, 2048)):
 
 
 def format_table(rows):
-    cols = ["model", "params", "official_params_minus_att1", "paper_params", "official_paper_params",
-            "slide_params_M", "paper_GFLOPs", "official_GFLOPs", "slide_GFLOPs", "full_GFLOPs"]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    lines = ["  ".join(c.ljust(widths[c]) for c in cols), "  ".join("-" * widths[c] for c in cols)]
-    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
-    return "\n".join(lines)
-
-
-def write_csv(rows, path):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    return tables.format_table(rows, ["model", "params", "official_params_minus_att1", "paper_params",
+                                      "official_paper_params", "slide_params_M", "paper_GFLOPs", "official_GFLOPs",
+                                      "slide_GFLOPs", "full_GFLOPs"])
 
 
 def main(args):
@@ -84,6 +71,6 @@ def main(args):
           "official GSTO params include the unused att1, 173 params)")
     print(format_table(rows))
     if args.csv:
-        write_csv(rows, args.csv)
+        tables.write_csv(rows, args.csv)
         print(f"wrote {args.csv}")
     return 0

@@ -1,0 +1,25 @@
+"""Result tables of the commands and benchmarks: printed as aligned text, written as CSV atomically."""
+
+import csv
+import os
+
+
+def format_table(rows, columns=None):
+    """Rows (dicts) as left-aligned text columns with a header and a rule."""
+    columns = list(columns or rows[0])
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns), "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def write_csv(rows, path, columns=None):
+    """Write rows to ``path`` through a temp file + rename (a reader never sees half a file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns or rows[0]), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path
