@@ -1,7 +1,8 @@
 """Result tables of the commands and benchmarks: printed as aligned text, written as CSV atomically."""
 
 import csv
-import os
+
+from gsto_tf.atomic import write_atomically
 
 
 def format_table(rows, columns=None):
@@ -15,11 +16,11 @@ def format_table(rows, columns=None):
 
 def write_csv(rows, path, columns=None):
     """Write rows to ``path`` through a temp file + rename (a reader never sees half a file)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns or rows[0]), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-    return path
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(columns or rows[0]), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return write_atomically(path, write)

@@ -134,7 +134,7 @@ def test_convert_cli_writes_keras_model(small_model, tmp_path):
     assert (tmp_path / "converted.weights.h5").exists()
     np.testing.assert_array_equal(model.get_layer("conv1").kernel.numpy(),
                                   np.load(src)["model.conv1.weight"].transpose(2, 3, 1, 0))
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".convert-")]  # no temp left behind
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind
 
 
 def test_failed_strict_load_names_the_file_and_assigns_nothing(small_model, tmp_path):

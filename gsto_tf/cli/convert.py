@@ -1,9 +1,6 @@
 """`run.py convert`: official PyTorch checkpoint (.pth / .npz) -> Keras `.keras` (+ `.weights.h5`)."""
 
-import os
-import shutil
-import tempfile
-
+from gsto_tf.atomic import write_atomically
 from gsto_tf.models.checkpoints import CheckpointError, load_checkpoint
 
 
@@ -21,20 +18,10 @@ def add_arguments(parser):
 
 
 def save_model_atomically(model, path):
-    """Write ``path`` (.keras) and ``path`` with .weights.h5 through temp files + rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmpdir = tempfile.mkdtemp(dir=directory, prefix=".convert-")
-    try:
-        tmp_model = os.path.join(tmpdir, "model.keras")
-        tmp_weights = os.path.join(tmpdir, "model.weights.h5")
-        model.save(tmp_model)
-        model.save_weights(tmp_weights)
-        weights_path = path[: -len(".keras")] + ".weights.h5"
-        os.replace(tmp_weights, weights_path)
-        os.replace(tmp_model, path)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    """Write ``path`` (.keras) and the same path with .weights.h5, each through a temp file + rename."""
+    weights_path = path[: -len(".keras")] + ".weights.h5"
+    write_atomically(weights_path, model.save_weights)
+    write_atomically(path, model.save)
     return path, weights_path
 
 

@@ -3,24 +3,16 @@
 import math
 import os
 import shutil
-import tempfile
 
 import keras
 import tensorflow as tf
 
+from gsto_tf.atomic import write_atomically
+
 
 def save_model_atomically(model, path):
     """``model.save(path)`` through a temp file in the same folder + rename: a reader never sees half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".keras")
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return write_atomically(path, model.save)
 
 
 class ResumeState:
@@ -118,5 +110,4 @@ class LatestAndBestCheckpoint(keras.callbacks.Callback):
 
 def copy_if_missing(src, dst):
     if os.path.exists(src) and not os.path.exists(dst):
-        shutil.copyfile(src, dst + ".tmp")
-        os.replace(dst + ".tmp", dst)
+        write_atomically(dst, lambda tmp: shutil.copyfile(src, tmp))
