@@ -5,8 +5,10 @@ All variants are built first, warmed up, then timed *interleaved* (each round ru
 from other processes hits them alike; the table gives the median of --repeats rounds and the ratio to Keras.
 Keras = the inference model inside a tf.function (logits at stride 4); SavedModel = the exported
 ``serving_normalized`` signature (also resizes logits to the input and computes argmax + softmax, as served);
-TFLite = the LiteRT interpreter on the fixed-size file (logits at stride 4). int8 is calibrated on synthetic
-data-pipeline images. Random weights unless --checkpoint. Writes benchmarks/results/export_latency.csv
+TFLite = the LiteRT interpreter on the fixed-size file (logits at stride 4), plus the fp32 dynamic-size file
+(``tflite_fp32_anysize``) run at the same size. int8 is calibrated on synthetic data-pipeline images. Random weights
+unless --checkpoint; the ``tflite_delegate`` column says whether XNNPACK ran or was refused (``none``: plain
+builtin kernels, which random-weight int8 models need). Writes benchmarks/results/export_latency.csv
 (atomically).
 
     python benchmarks/export_latency.py [--model gsto_hrnet_w18_small_v2] [--input-size 512x1024] [--repeats 5]
@@ -30,10 +32,10 @@ from gsto_tf.data import build_eval_dataset, ensure_synthetic  # noqa: E402
 from gsto_tf.export import TFLiteRunner, export_saved_model, export_tflite  # noqa: E402
 from gsto_tf.layers import resize_bilinear  # noqa: E402
 from gsto_tf.models import build, inference_model, load_checkpoint  # noqa: E402
-from gsto_tf.tables import write_csv  # noqa: E402
+from gsto_tf.tables import format_table, write_csv  # noqa: E402
 
 
-def build_variants(model, size, workdir, num_calibration, threads, failed):
+def build_variants(model, size, workdir, num_calibration, threads, failed, delegates):
     """name -> zero-argument callable running one batch-1 inference to a numpy result."""
     image = tf.random.normal((1, *size, 3), seed=0)
     image_np = image.numpy()
@@ -46,16 +48,19 @@ def build_variants(model, size, workdir, num_calibration, threads, failed):
     data = ensure_synthetic(os.path.join(workdir, "data"), height=64, width=128, train=2, val=num_calibration)
     calibration = [resize_bilinear(s["image"], size).numpy()
                    for s in build_eval_dataset("synthetic", data).take(num_calibration)]
-    for quantize in ("none", "fp16", "dynamic", "int8"):
-        path = export_tflite(model, os.path.join(workdir, f"{quantize}.tflite"), size, quantize,
+    # (quantize, fixed size?): the dynamic-size fp32 file shows what resize_tensor_input costs vs a fixed size.
+    for quantize, fixed in (("none", True), ("none", False), ("fp16", True), ("dynamic", True), ("int8", True)):
+        name = ("tflite_fp32" if quantize == "none" else f"tflite_{quantize}") + ("" if fixed else "_anysize")
+        path = export_tflite(model, os.path.join(workdir, f"{name}.tflite"), size if fixed else None, quantize,
                              representative_images=calibration if quantize == "int8" else None)
-        name = "tflite_fp32" if quantize == "none" else f"tflite_{quantize}"
         try:
             runner = TFLiteRunner(path, num_threads=threads)
-        except RuntimeError as exc:  # e.g. XNNPACK refusing degenerate quantisation params of random weights
+        except RuntimeError as exc:
             print(f"{name}: the interpreter failed to load: {exc}", file=sys.stderr)
             failed[name] = str(exc).splitlines()[0]
             continue
+        # "none" = plain builtin kernels: XNNPACK refused the model (e.g. degenerate int8 params of random weights).
+        delegates[name] = runner.delegate
         variants[name] = (lambda r: lambda: r(image_np))(runner)
     return variants
 
@@ -91,20 +96,18 @@ def main():
         keras.utils.set_random_seed(0)
         model = build(args.model, args.num_classes)
     with tempfile.TemporaryDirectory(prefix="export_latency-") as workdir:
-        failed = {}
-        variants = build_variants(model, size, workdir, args.num_calibration, args.threads, failed)
+        failed, delegates = {}, {}
+        variants = build_variants(model, size, workdir, args.num_calibration, args.threads, failed, delegates)
         medians = bench(variants, args.repeats)
     rows = [{"model": args.model, "input": f"{size[0]}x{size[1]}", "variant": name, "median_s": round(t, 4),
-             "vs_keras": round(t / medians["keras"], 2), "repeats": args.repeats} for name, t in medians.items()]
+             "vs_keras": round(t / medians["keras"], 2), "tflite_delegate": delegates.get(name, ""),
+             "repeats": args.repeats} for name, t in medians.items()]
     rows += [{"model": args.model, "input": f"{size[0]}x{size[1]}", "variant": name, "median_s": "failed",
-              "vs_keras": "", "repeats": 0} for name in failed]
+              "vs_keras": "", "tflite_delegate": "", "repeats": 0} for name in failed]
     cols = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     print(f"batch 1, median of {args.repeats} interleaved rounds after 2 warm-up runs, {os.cpu_count()} CPU cores, "
           f"TFLite threads {args.threads}, weights: {args.checkpoint or 'random'}")
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    print(format_table(rows, cols))
     write_csv(rows, args.out, cols)
     print(f"wrote {args.out}")
     return 0

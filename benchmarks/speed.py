@@ -5,6 +5,11 @@ A and B are timed *interleaved* in one process (A, B, A, B, ...) after warm-up, 
 both alike; the table reports medians and the GSTO / HRNetV2 ratio, plus achieved GFLOP/s (2 x conv multiply-adds
 per second) next to a matmul peak measured in the same run. Writes benchmarks/results/speed.csv.
 
+Three steps are timed: ``infer`` (inference model, logits only), ``backprop`` (training forward + backward of the
+network alone) and ``train`` (forward, the segmentation loss on every output at label resolution, backward, SGD
+update). ``train`` minus ``backprop`` is what the losses cost: GSTO-HRNet has three supervised outputs
+(final + two auxiliary), HRNetV2 one, so its loss costs about three times as much.
+
     python benchmarks/speed.py [--widths w18_small_v2 w48] [--size 512x1024] [--repeats 7]
 """
 
@@ -24,7 +29,7 @@ import tensorflow as tf  # noqa: E402
 from gsto_tf.cli.counts import parse_size  # noqa: E402
 from gsto_tf.models import build, inference_model  # noqa: E402
 from gsto_tf.models.counting import count_model  # noqa: E402
-from gsto_tf.tables import write_csv  # noqa: E402
+from gsto_tf.tables import format_table, write_csv  # noqa: E402
 from gsto_tf.training.losses import SegmentationLoss  # noqa: E402
 
 
@@ -54,6 +59,14 @@ def _callables(name, size, num_classes=19):
         return tf.reduce_sum(infer(x, training=False))
 
     @tf.function
+    def backprop_step():  # forward + backward of the network alone: no loss, no update
+        with tf.GradientTape() as tape:
+            out = model(x, training=True)
+            total = tf.add_n([tf.reduce_mean(v) for v in out.values()])
+        grads = tape.gradient(total, model.trainable_variables)
+        return tf.add_n([tf.reduce_sum(g) for g in grads])
+
+    @tf.function
     def train_step():
         with tf.GradientTape() as tape:
             out = model(x, training=True)
@@ -63,7 +76,7 @@ def _callables(name, size, num_classes=19):
         return loss
 
     macs = count_model(model).conv_macs
-    return {"infer": infer_step, "train": train_step}, macs
+    return {"infer": infer_step, "backprop": backprop_step, "train": train_step}, macs
 
 
 def bench(widths, size, repeats, precisions):
@@ -75,7 +88,7 @@ def bench(widths, size, repeats, precisions):
             pair = {}
             for family in ("hrnetv2", "gsto_hrnet"):
                 pair[family] = _callables(f"{family}_{width}", size)
-            for kind in ("infer", "train"):
+            for kind in ("infer", "backprop", "train"):
                 for fns, _ in pair.values():  # warm-up: trace + first runs
                     fns[kind]().numpy()
                     fns[kind]().numpy()
@@ -92,7 +105,7 @@ def bench(widths, size, repeats, precisions):
                         "width": width, "precision": precision, "step": kind, "model": family,
                         "median_s": round(med[family], 4),
                         "gsto_over_hrnet": round(med["gsto_hrnet"] / med["hrnetv2"], 3),
-                        "achieved_GFLOPs": round(2 * macs * (3 if kind == "train" else 1) / med[family] / 1e9, 1),
+                        "achieved_GFLOPs": round(2 * macs * (1 if kind == "infer" else 3) / med[family] / 1e9, 1),
                         "matmul_peak_GFLOPs": round(peak, 1),
                     })
             keras.backend.clear_session()
@@ -110,13 +123,9 @@ def main():
     args = parser.parse_args()
     size = parse_size(args.size, "--size")
     rows = bench(args.widths, size, args.repeats, args.precisions)
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     print(f"batch 1, {size[0]}x{size[1]}, median of {args.repeats} interleaved runs, {os.cpu_count()} CPU cores "
           "(train GFLOP/s counts 3x the forward multiply-adds)")
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    print(format_table(rows))
     write_csv(rows, args.out)
     print(f"wrote {args.out}")
 

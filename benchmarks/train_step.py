@@ -22,7 +22,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from gsto_tf.tables import write_csv  # noqa: E402  (no TensorFlow import: the parent stays light)
+from gsto_tf.tables import format_table, write_csv  # noqa: E402  (no TensorFlow import: the parent stays light)
 
 DEFAULT_MODELS = ("gsto_hrnet_w18_small_v2", "hrnetv2_w18_small_v2", "gsto_hrnet_w48", "hrnetv2_w48")
 DEFAULT_CROPS = ("cityscapes", "pascal_context", "lip")
@@ -67,13 +67,8 @@ def measure_one(model_name, dataset, batch, steps):
             "peak_rss_mib": round(rss_mib), "params_m": round(model.count_params() / 1e6, 2)}
 
 
-def format_table(rows):
-    cols = ["model", "crop", "batch", "step_s", "min_step_s", "images_per_s", "first_step_s", "peak_rss_mib",
-            "params_m"]
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
-    lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
-    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) for r in rows]
-    return "\n".join(lines)
+COLUMNS = ["model", "crop", "batch", "step_s", "min_step_s", "images_per_s", "first_step_s", "peak_rss_mib",
+           "params_m"]
 
 
 def main():
@@ -115,7 +110,7 @@ def main():
                       f"peak RSS {row['peak_rss_mib']} MiB", flush=True)
     print(f"\nTrain step on this CPU ({os.cpu_count()} cores, shared: timings are noisy), "
           f"median of {args.steps} steps after a warm-up step")
-    print(format_table(rows))
+    print(format_table(rows, COLUMNS))
     fields = ["model", "dataset", "crop", "batch", "step_s", "min_step_s", "images_per_s", "first_step_s",
               "peak_rss_mib", "params_m"]
     write_csv(rows, args.out, fields)

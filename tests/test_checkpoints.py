@@ -175,3 +175,16 @@ def test_convert_cli_backbone_only_needs_classes_and_reports(small_model, tmp_pa
                  "--output", str(out)]) == 0
     assert "not in a backbone checkpoint (left initialised)" in capsys.readouterr().out
     assert keras.saving.load_model(out).output["logits"].shape[-1] == 3
+
+
+def test_official_gsto_checkpoint_loads_into_an_ablation_subset(fixtures_dir):
+    full = build("gsto_hrnet_w18_small_v2", 19)
+    full_report = load_torch_weights(full, str(fixtures_dir / "gsto_hrnet_w18s2_c19_weights.npz"))
+    model = build("gsto_hrnet_w18_small_v2", 19, gsto_parts=["fusion_gates"])
+    report = load_torch_weights(model, str(fixtures_dir / "gsto_hrnet_w18s2_c19_weights.npz"))
+    assert not report.missing
+    extra = set(report.unexpected) - set(full_report.unexpected)
+    assert extra and all(k.startswith(("last_layer_stage", "att2.", "att3.")) for k in extra), sorted(extra)[:5]
+    for layer in model.layers:  # every weight the subset has is the official one
+        if "att_layers" in layer.name and layer.weights:
+            np.testing.assert_array_equal(layer.weights[0].numpy(), full.get_layer(layer.name).weights[0].numpy())

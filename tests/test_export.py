@@ -98,8 +98,25 @@ def test_tflite_fp32_and_fp16_parity_builtins_only(model, tmp_path):
     assert report.relative_max_diff <= 1e-4, str(report)
     fp16 = TFLiteRunner(export_tflite(model, tmp_path / "m16.tflite", (64, 96), "fp16"))
     assert parity_report(model, fp16, images, "fp16").argmax_agreement >= 0.995
-    with pytest.raises(ValueError, match=r"exported for \(1, 64, 96, 3\).*--input-size 32x32"):
+    with pytest.raises(ValueError, match=r"m.tflite.*takes \(1, 64, 96, 3\).*--input-size 32x32"):
         runner(np.zeros((32, 32, 3), np.float32))
+    with pytest.raises(ValueError, match=r"shape \(2, 64, 96, 3\).*one RGB image"):
+        runner(np.zeros((2, 64, 96, 3), np.float32))
+
+
+def test_tflite_dynamic_size_runs_any_size_with_builtins_only(model, tmp_path):
+    runner = TFLiteRunner(export_tflite(model, tmp_path / "dyn.tflite", None))
+    assert runner.dynamic and runner.input_shape == (1, None, None, 3)
+    ops = runner.ops()
+    assert not [op for op in ops if "FLEX" in op.upper() or "CUSTOM" in op.upper()], ops
+    # Odd sizes (torch-style stride-2 padding, upsampling to the actual branch size), and a size seen twice.
+    for h, w in ((64, 96), (37, 53), (64, 96), (50, 31)):
+        images = [normalize_image(im).numpy() for im in _images(1, h, w, seed=h)]
+        report = parity_report(model, runner, images)
+        assert report.relative_max_diff <= 1e-4, f"{h}x{w}: {report}"
+        assert runner(images[0]).shape == (1, -(-(-(-h // 2)) // 2), -(-(-(-w // 2)) // 2), 5)
+    with pytest.raises(ValueError, match=r"takes \(1, \?, \?, 3\).*one RGB image"):
+        runner(np.zeros((16, 16, 1), np.float32))
 
 
 def test_tflite_bad_arguments(model):
@@ -109,3 +126,5 @@ def test_tflite_bad_arguments(model):
         convert_to_tflite(model, (32, 32), "int8")
     with pytest.raises(FileNotFoundError, match="not found"):
         TFLiteRunner("/nonexistent.tflite")
+    with pytest.raises(ValueError, match="representative image of shape \\(8, 8\\), expected \\[H, W, 3\\]"):
+        convert_to_tflite(model, None, "int8", representative_images=[np.zeros((8, 8))])

@@ -1,8 +1,8 @@
 """TFLite dynamic-range and full-int8 exports: builtins only, runnable with LiteRT, parity reports.
 
-The fast tests use an untrained model (agreement there says little); the slow test trains a small model briefly on
-the built-in synthetic dataset and checks int8 >= 95 % and fp16 >= 99.5 % argmax agreement (the issue's int8
-bound of 97 % holds for the fully trained checkpoint, 99.2 %, not for 150 training steps, 96.4 %).
+The fast tests use an untrained model (agreement there says little); the slow test runs the README's main job
+(GSTO-HRNet w18_small_v2 trained on the built-in synthetic dataset) and checks the issue's bounds on it:
+int8 >= 97 % and fp16 >= 99.5 % argmax agreement, fp32 max |d logits| <= 1e-4 x std.
 """
 
 import os
@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from gsto_tf.data import build_eval_dataset, ensure_synthetic
+from gsto_tf.data import build_eval_dataset, ensure_synthetic, resolve_data_dir
 from gsto_tf.export import TFLiteRunner, export_tflite, parity_report
 from gsto_tf.layers import resize_bilinear
 from gsto_tf.models import build, load_checkpoint
@@ -82,27 +82,45 @@ def test_full_int8_tflite_builtins_quantized_graph_and_parity(model, images, tmp
         export_tflite(model, tmp_path / "bad.tflite", SIZE, "int8", representative_images=[np.zeros((8, 8, 3))])
 
 
+def test_runner_falls_back_when_xnnpack_refuses_the_model(tmp_path):
+    # Random weights + random calibration give degenerate int8 quantisation parameters that LiteRT's default
+    # XNNPACK delegate refuses to prepare (ai-edge-litert 2.3.0); the builtin kernels run the model.
+    keras.utils.set_random_seed(0)
+    model = build("gsto_hrnet_w18_small_v1", 19)
+    rng = np.random.default_rng(0)
+    images = [rng.normal(size=(64, 96, 3)).astype(np.float32) for _ in range(2)]
+    path = export_tflite(model, tmp_path / "random_int8.tflite", (64, 96), "int8", representative_images=images)
+    with pytest.raises(RuntimeError, match="XNNPACK"):
+        TFLiteRunner(path, delegate="xnnpack")
+    auto, plain = TFLiteRunner(path), TFLiteRunner(path, delegate="none")
+    assert auto.delegate == "none" and plain.delegate == "none"
+    np.testing.assert_array_equal(auto(images[0]), plain(images[0]))
+    assert TFLiteRunner(export_tflite(model, tmp_path / "f32.tflite", (64, 96))).delegate == "xnnpack"
+    with pytest.raises(ValueError, match="`delegate` must be one of"):
+        TFLiteRunner(path, delegate="gpu")
+
+
 @pytest.mark.slow
-def test_trained_model_int8_and_fp16_agreement(tmp_path):
-    data = ensure_synthetic(str(tmp_path / "data"), height=64, width=128, train=64, val=8)
+def test_main_job_model_int8_and_fp16_agreement(tmp_path):
+    # The issue's bounds on "a model trained on the built-in dataset": the README's main job (GSTO-HRNet
+    # w18_small_v2, 240 steps on the synthetic set), exported at the dataset's 128x256, int8 calibrated on the
+    # 8 validation images the agreement is measured on (as `run.py export` does). ~10 min on 2 cores.
     run = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, os.path.join(REPO, "experiments", "run.py"), "--data-dir", data, "--run-dir", str(run),
-         "--model", "hrnetv2_w18_small_v1", "--steps", "150", "--batch-size", "4", "--set",
-         "data.crop_size=[64,64]", "--set", "train.lr=0.05"],
-        capture_output=True, text=True, timeout=1500, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        [sys.executable, os.path.join(REPO, "experiments", "run.py"), "--run-dir", str(run)],
+        capture_output=True, text=True, timeout=3000, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert out.returncode == 0, out.stderr[-3000:]
     trained, _ = load_checkpoint(str(run / "checkpoints" / "final.keras"), num_classes=8)
-    size = (64, 128)
-    images = _pipeline_images(data, size, 8)
+    size = (128, 256)
+    images = _pipeline_images(resolve_data_dir("synthetic", None), size, 8)
     int8 = TFLiteRunner(export_tflite(trained, tmp_path / "int8.tflite", size, "int8", representative_images=images))
     _assert_builtins_only(int8)
-    int8_report = parity_report(trained, int8, images, "int8")
-    fp16_report = parity_report(trained, TFLiteRunner(export_tflite(trained, tmp_path / "fp16.tflite", size, "fp16")),
-                                images, "fp16")
-    print(int8_report, fp16_report, sep="\n")
-    # The issue's 97 % bound is met by the fully trained synthetic checkpoint (gsto_hrnet_w18_small_v2, mIoU 0.70:
-    # 99.2 % at 128x256, see README), not by this 150-step model (mIoU ~0.27, small logit margins): measured
-    # 96.4 % here (95.6 % when calibrating on 32 train images instead). The bound below keeps a margin under that.
-    assert int8_report.argmax_agreement >= 0.95, str(int8_report)
+    fp32 = TFLiteRunner(export_tflite(trained, tmp_path / "fp32.tflite", size))
+    reports = [parity_report(trained, int8, images, "int8"), parity_report(trained, fp32, images, "none"),
+               parity_report(trained, TFLiteRunner(export_tflite(trained, tmp_path / "fp16.tflite", size, "fp16")),
+                             images, "fp16")]
+    print(*reports, sep="\n")
+    int8_report, fp32_report, fp16_report = reports
+    assert int8_report.argmax_agreement >= 0.97, str(int8_report)
     assert fp16_report.argmax_agreement >= 0.995, str(fp16_report)
+    assert fp32_report.relative_max_diff <= 1e-4, str(fp32_report)

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from gsto_tf.models import available_models, build, build_hrnet_backbone, gate_model, inference_model
+from gsto_tf.models.hrnet import GSTO_PARTS
 from helpers import run_model_test
 
 
@@ -98,3 +99,38 @@ def test_gate_model_reaches_gates_inside_gated_scale_transfer_layers():
     _, expected = model.get_layer("gst_sup")(x, class_scores=model.get_layer("scores")(x), return_gate=True)
     np.testing.assert_allclose(gates["gst_sup"].numpy(), expected.numpy(), atol=1e-6)
     assert gates["gst_unsup"].shape == (1, 9, 11, 1)
+
+
+def _param_count(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+def test_gsto_parts_ablations_build_exactly_their_parts():
+    full = build("gsto_hrnet_w18_small_v1", 5)
+    hrnet = build("hrnetv2_w18_small_v1", 5)
+    fusion = build("gsto_hrnet_w18_small_v1", 5, gsto_parts=["fusion_gates"])
+    aux = build("gsto_hrnet_w18_small_v1", 5, gsto_parts=["aux_heads"])
+    transition = build("gsto_hrnet_w18_small_v1", 5, gsto_parts=["aux_heads", "transition_gates"])
+
+    def names(model, key):
+        return [layer.name for layer in model.layers if key in layer.name]
+
+    assert sorted(fusion.output) == ["logits"] and names(fusion, "att_layers") and not names(fusion, "att2.")
+    assert sorted(aux.output) == ["aux_stage2", "aux_stage3", "logits"]
+    assert not names(aux, "att_layers") and not names(aux, "att2.") and names(aux, "last_layer_stage2")
+    assert names(transition, "att3.3") and not names(transition, "att_layers")
+    # The parts are disjoint and together make the published model.
+    extra = [_param_count(m) - _param_count(hrnet) for m in (fusion, transition)]
+    assert min(extra) > 0 and sum(extra) == _param_count(full) - _param_count(hrnet)
+    assert _param_count(build("gsto_hrnet_w18_small_v1", 5, gsto_parts=list(GSTO_PARTS))) == _param_count(full)
+    x = tf.random.normal((1, 33, 47, 3))
+    assert transition(x)["aux_stage2"].shape == (1, 9, 12, 5)
+
+
+def test_gsto_parts_errors():
+    with pytest.raises(ValueError, match=r"unknown part\(s\) \['gates'\]; valid parts"):
+        build("gsto_hrnet_w18_small_v1", 5, gsto_parts=["gates"])
+    with pytest.raises(ValueError, match="'transition_gates' needs 'aux_heads'"):
+        build("gsto_hrnet_w18_small_v1", 5, gsto_parts=["transition_gates"])
+    with pytest.raises(ValueError, match="only meaningful for GSTO-HRNet"):
+        build("hrnetv2_w18_small_v1", 5, gsto_parts=["fusion_gates"])

@@ -46,6 +46,22 @@ def test_ohem_keeps_hard_pixels():
         assert got == pytest.approx(ref, rel=1e-5)
 
 
+def test_ignored_pixels_get_no_gradient_and_all_ignored_gives_zero():
+    labels, logits = _data(3)
+    logits = tf.Variable(logits)
+    for loss in (SegmentationLoss(5), SegmentationLoss(5, ohem=True, ohem_thresh=0.7, ohem_min_kept=5)):
+        with tf.GradientTape() as tape:
+            value = tf.reduce_sum(loss(labels, logits))
+        grad = tape.gradient(value, logits).numpy()
+        assert np.all(grad[labels == 255] == 0)
+        assert np.abs(grad[labels != 255]).sum() > 0
+        all_ignored = np.full_like(labels, 255)
+        with tf.GradientTape() as tape:
+            value = tf.reduce_sum(loss(all_ignored, logits))
+        grad = tape.gradient(value, logits).numpy()
+        assert float(value) == 0.0 and np.all(grad == 0)
+
+
 def test_logits_are_resized_to_labels():
     labels, logits = _data(2, shape=(1, 12, 14))
     small = logits[:, ::2, ::2]

@@ -13,7 +13,8 @@ def add_arguments(parser):
     parser.add_argument("--model", help="model name, for .weights.h5 and official checkpoints")
     parser.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model")
     parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none", help="TFLite only")
-    parser.add_argument("--input-size", default="512x1024", help="TFLite fixed input HxW (default 512x1024)")
+    parser.add_argument("--input-size", default="512x1024",
+                        help="TFLite input HxW (default 512x1024), or 'dynamic' for any size (resized at run time)")
     parser.add_argument("--output", required=True, help="SavedModel folder or .tflite file")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--dataset", default="synthetic", help="images for int8 calibration and the parity report")
@@ -22,10 +23,11 @@ def add_arguments(parser):
 
 
 def sample_images(dataset, data_dir, size, count):
-    """Normalised real images of ``dataset``'s val split, resized to ``size``."""
+    """Normalised real images of ``dataset``'s val split, resized to ``size`` (``None``: kept at their own size)."""
     images = []
     for sample in build_eval_dataset(dataset, resolve_data_dir(dataset, data_dir)).take(count):
-        images.append(resize_bilinear(sample["image"], size).numpy())
+        image = sample["image"]
+        images.append((image if size is None else resize_bilinear(image, size)).numpy())
     if not images:
         raise DatasetError(f"no images in dataset '{dataset}' for calibration / parity")
     return images
@@ -46,14 +48,16 @@ def main(args):
         return 0
     from gsto_tf.cli.counts import parse_size
 
-    size = parse_size(args.input_size)
+    size = None if args.input_size == "dynamic" else parse_size(args.input_size)
     try:
         images = sample_images(spec.name, args.data_dir, size, args.num_images)
     except DatasetError as exc:
         raise SystemExit(f"export: {exc}") from None
     path = export_tflite(model, args.output, size, args.quantize,
                          representative_images=images if args.quantize == "int8" else None)
-    report = parity_report(model, TFLiteRunner(path), images, args.quantize)
-    print(f"wrote {path}")
+    runner = TFLiteRunner(path)
+    report = parity_report(model, runner, images, args.quantize)
+    shape = "x".join("?" if d is None else str(d) for d in runner.input_shape)
+    print(f"wrote {path} (input {shape}, ops: {', '.join(runner.ops())}; interpreter delegate: {runner.delegate})")
     print(report)
     return 0

@@ -1,8 +1,11 @@
 """TFLite export through the LiteRT converter, with a runner and a parity report.
 
-The TFLite model takes one *normalised* float32 image ``[1, H, W, 3]`` of the size fixed at export and returns the
-float32 logits at the network's output stride (``[1, ceil(ceil(H/2)/2), ..., K]`` for HRNet): resizing and argmax
-stay outside, where they are cheap and flexible. Quantisation modes:
+The TFLite model takes one *normalised* float32 image ``[1, H, W, 3]`` and returns the float32 logits at the
+network's output stride (``[1, ceil(ceil(H/2)/2), ..., K]`` for HRNet): resizing and argmax stay outside, where they
+are cheap and flexible. The size is either fixed at export (``input_size=(H, W)``: the interpreter plans all
+buffers once, the fastest) or dynamic (``input_size=None``: ``[1, None, None, 3]``, still builtin ops only;
+:class:`TFLiteRunner` calls ``resize_tensor_input`` + ``allocate_tensors`` whenever the image size changes).
+Quantisation modes:
 
 * ``none``: float32 weights and activations;
 * ``fp16``: float16 weights (dequantised at load);
@@ -19,16 +22,17 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from gsto_tf.atomic import write_atomically
 from gsto_tf.models import inference_model
 
 QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8")
 
 
 def convert_to_tflite(model, input_size, quantize="none", representative_images=None):
-    """Return the bytes of a TFLite flatbuffer for ``model`` at ``input_size`` = (H, W)."""
+    """Return the bytes of a TFLite flatbuffer for ``model`` at ``input_size`` = (H, W), or any size if ``None``."""
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
-    h, w = (int(v) for v in input_size)
+    h, w = (None, None) if input_size is None else (int(v) for v in input_size)
     infer = inference_model(model) if isinstance(model.output, dict) else model
 
     @tf.function(input_signature=[tf.TensorSpec([1, h, w, 3], tf.float32, name="image")])
@@ -49,8 +53,9 @@ def convert_to_tflite(model, input_size, quantize="none", representative_images=
             raise ValueError("int8 quantisation needs representative images (normalised float32 [H, W, 3])")
         images = [np.asarray(im, np.float32) for im in representative_images]
         for im in images:
-            if im.shape != (h, w, 3):
-                raise ValueError(f"representative image of shape {im.shape}, expected {(h, w, 3)}")
+            if im.ndim != 3 or im.shape[-1] != 3 or (h is not None and im.shape != (h, w, 3)):
+                expected = "[H, W, 3]" if h is None else str((h, w, 3))
+                raise ValueError(f"representative image of shape {im.shape}, expected {expected}")
 
         def representative():
             for im in images:
@@ -63,33 +68,58 @@ def convert_to_tflite(model, input_size, quantize="none", representative_images=
 
 
 def export_tflite(model, path, input_size, quantize="none", representative_images=None):
-    """Convert and write atomically; returns the path."""
+    """Convert and write atomically; returns the path. ``input_size=None`` exports a dynamic-size model."""
     data = convert_to_tflite(model, input_size, quantize, representative_images)
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-        f.write(data)
-    os.replace(path + ".tmp", path)
-    return path
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    return write_atomically(path, write)
 
 
 class TFLiteRunner:
-    """Runs a gsto_tf TFLite file with the LiteRT interpreter; checks inputs against the fixed size."""
+    """Runs a gsto_tf TFLite file with the LiteRT interpreter.
 
-    def __init__(self, path, num_threads=None):
-        from ai_edge_litert.interpreter import Interpreter
+    A fixed-size model checks each image against its size; a dynamic-size one (exported with ``input_size=None``)
+    is resized to each new image size (``resize_tensor_input`` + ``allocate_tensors``, cheap when the size repeats).
+    ``delegate="auto"`` uses LiteRT's default XNNPACK delegate and falls back to the plain builtin kernels if the
+    delegate refuses the model (XNNPACK rejects, e.g., some degenerate int8 quantisation parameters);
+    ``"xnnpack"`` never falls back, ``"none"`` never uses it. :attr:`delegate` says which one runs.
+    """
 
+    DELEGATES = ("auto", "xnnpack", "none")
+
+    def __init__(self, path, num_threads=None, delegate="auto"):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"TFLite model not found: {path}")
+        if delegate not in self.DELEGATES:
+            raise ValueError(f"TFLiteRunner: `delegate` must be one of {self.DELEGATES}, got {delegate!r}")
         self.path = path
-        self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
-        self.interpreter.allocate_tensors()
+        resolvers = {"xnnpack": OpResolverType.AUTO, "none": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+        attempts = ["xnnpack", "none"] if delegate == "auto" else [delegate]
+        for k, name in enumerate(attempts):
+            try:
+                self.interpreter = Interpreter(model_path=path, num_threads=num_threads,
+                                               experimental_op_resolver_type=resolvers[name])
+                self.interpreter.allocate_tensors()
+            except RuntimeError:
+                if k == len(attempts) - 1:
+                    raise
+                continue
+            self.delegate = name
+            break
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
+        self.dynamic = bool(np.any(np.asarray(self.input["shape_signature"]) < 0))
 
     @property
     def input_shape(self):
-        return tuple(int(d) for d in self.input["shape"])
+        """The exported input shape; ``None`` for a dynamic dimension."""
+        return tuple(None if int(d) < 0 else int(d) for d in self.input["shape_signature"])
 
     def ops(self):
         """Names of the operators in the model (e.g. to check that no Flex op slipped in)."""
@@ -99,9 +129,16 @@ class TFLiteRunner:
         image = np.asarray(image, np.float32)
         if image.ndim == 3:
             image = image[None]
-        if image.shape != self.input_shape:
-            raise ValueError(f"{self.path}: input of shape {image.shape}, but this TFLite model was exported for "
-                             f"{self.input_shape} (re-export with --input-size {image.shape[1]}x{image.shape[2]})")
+        expected = self.input_shape
+        if image.ndim != 4 or any(e is not None and e != d for e, d in zip(expected, image.shape)):
+            one_rgb_image = image.ndim == 4 and image.shape[0] == 1 and image.shape[3] == 3
+            hint = (f"re-export with --input-size {image.shape[1]}x{image.shape[2]} or --input-size dynamic"
+                    if one_rgb_image else "pass one RGB image [H, W, 3] or a batch of one [1, H, W, 3]")
+            raise ValueError(f"{self.path}: input of shape {image.shape}, but this TFLite model takes "
+                             f"({', '.join('?' if e is None else str(e) for e in expected)}) ({hint})")
+        if self.dynamic and tuple(self.interpreter.get_input_details()[0]["shape"]) != image.shape:
+            self.interpreter.resize_tensor_input(self.input["index"], list(image.shape))
+            self.interpreter.allocate_tensors()
         self.interpreter.set_tensor(self.input["index"], image)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.output["index"])

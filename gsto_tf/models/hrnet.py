@@ -12,6 +12,10 @@ GSTO-HRNet = HRNetV2 plus, as in the released code (SPEC §2):
    class logits at 1/4; a small conv chain (``att2.2`` / ``att3.3``) turns them into a gate at the resolution of
    the lowest branch, which multiplies that branch before the stride-2 transition conv creating the next branch.
    (``att1`` of the official checkpoints is never used by the official forward pass and is not built.)
+
+For ablations ``gsto_parts`` builds a subset: ``"fusion_gates"`` (1.), ``"aux_heads"`` (the stage-2/3 predictors
+as deeply supervised side outputs) and ``"transition_gates"`` (2., needs ``"aux_heads"``). The default is all
+three, the published model; ``("aux_heads",)`` alone is HRNetV2 with deep supervision.
 """
 
 import keras
@@ -23,6 +27,24 @@ from gsto_tf.models.blocks import basic_block, batch_norm, bottleneck_block, con
 from gsto_tf.models.hrnet_specs import get_hrnet_spec
 
 BOTTLENECK_EXPANSION = 4
+GSTO_PARTS = ("fusion_gates", "aux_heads", "transition_gates")
+
+
+def _check_gsto_parts(gsto, gsto_parts):
+    """The GSTO parts to build: all for the published model, none for HRNetV2."""
+    if not gsto:
+        if gsto_parts is not None:
+            raise ValueError("`gsto_parts` is only meaningful for GSTO-HRNet (gsto=True).")
+        return frozenset()
+    if gsto_parts is None:
+        return frozenset(GSTO_PARTS)
+    parts = frozenset(gsto_parts)
+    unknown = sorted(parts - set(GSTO_PARTS))
+    if unknown:
+        raise ValueError(f"`gsto_parts`: unknown part(s) {unknown}; valid parts: {list(GSTO_PARTS)}.")
+    if "transition_gates" in parts and "aux_heads" not in parts:
+        raise ValueError("`gsto_parts`: 'transition_gates' needs 'aux_heads' (the gates are computed from them).")
+    return parts
 
 
 def _layer1(x, stage, sync):
@@ -122,17 +144,18 @@ def _class_map_gate(logits, name, num_downsamples, sync):
 
 
 def hrnet_features(inputs, spec="w18_small_v2", *, gsto=False, num_classes=None, gate_style="official",
-                   sync_batchnorm=False):
+                   sync_batchnorm=False, gsto_parts=None):
     """Build the HRNet trunk on ``inputs``.
 
     Returns ``(branches, aux)``: the four stage-4 branch features (strides 4, 8, 16, 32 of the input) and, for
     GSTO, the auxiliary stage logits ``{"aux_stage3": ..., "aux_stage2": ...}`` (empty for HRNetV2). GSTO needs
-    ``num_classes`` because its transitions are gated by class-score maps.
+    ``num_classes`` because its transitions are gated by class-score maps. ``gsto_parts``: see the module doc.
     """
     spec = get_hrnet_spec(spec)
+    parts = _check_gsto_parts(gsto, gsto_parts)
     if gate_style not in GATE_STYLES:
         raise ValueError(f"`gate_style` must be one of {GATE_STYLES}, got {gate_style!r}.")
-    if gsto and not num_classes:
+    if "aux_heads" in parts and not num_classes:
         raise ValueError("GSTO-HRNet needs `num_classes`: its transitions are gated by predicted class maps.")
     sync = sync_batchnorm
     x = conv_bn(inputs, 64, 3, "conv1", "bn1", strides=2, sync=sync)
@@ -142,25 +165,26 @@ def hrnet_features(inputs, spec="w18_small_v2", *, gsto=False, num_classes=None,
     aux = {}
     xs = _transition([x], spec["stage2"]["num_channels"], 1, sync)
     for s in (2, 3):
-        xs = _stage(xs, spec[f"stage{s}"], s, gsto, gate_style, sync)
+        xs = _stage(xs, spec[f"stage{s}"], s, "fusion_gates" in parts, gate_style, sync)
         gated = None
-        if gsto:  # stage-s class map -> att{s}.{s} gate on the lowest branch before the new branch is made
+        if "aux_heads" in parts:
             aux_name = out_names.AUX_STAGE2 if s == 2 else out_names.AUX_STAGE3
             aux[aux_name] = _seg_head(xs, num_classes, f"last_layer_stage{s}", sync)
+        if "transition_gates" in parts:  # stage-s class map -> att{s}.{s} gate on the lowest branch
             gate = _class_map_gate(aux[aux_name], f"att{s}.{s}", s - 1, sync)
             gated = keras.layers.Multiply(name=f"att{s}.{s}.mul")([xs[-1], gate])
         xs = _transition(xs, spec[f"stage{s + 1}"]["num_channels"], s, sync, new_branch_input=gated)
-    xs = _stage(xs, spec["stage4"], 4, gsto, gate_style, sync)
+    xs = _stage(xs, spec["stage4"], 4, "fusion_gates" in parts, gate_style, sync)
     return xs, aux
 
 
 def build_hrnet_backbone(spec="w18_small_v2", *, gsto=False, num_classes=None, gate_style="official",
-                         sync_batchnorm=False, input_shape=(None, None, 3), name=None):
+                         sync_batchnorm=False, gsto_parts=None, input_shape=(None, None, 3), name=None):
     """HRNet trunk as a Keras model: outputs ``{"stride4", "stride8", "stride16", "stride32"}`` features, plus
     ``"aux_stage3"`` / ``"aux_stage2"`` logits for GSTO (they must be supervised: they drive the gates)."""
     inputs = keras.Input(input_shape, name="image")
     xs, aux = hrnet_features(inputs, spec, gsto=gsto, num_classes=num_classes, gate_style=gate_style,
-                             sync_batchnorm=sync_batchnorm)
+                             sync_batchnorm=sync_batchnorm, gsto_parts=gsto_parts)
     outputs = {f"stride{4 * 2 ** k}": x for k, x in enumerate(xs)}
     outputs.update(aux)
     default = f"{'gsto_hrnet' if gsto else 'hrnetv2'}_backbone"
@@ -168,17 +192,18 @@ def build_hrnet_backbone(spec="w18_small_v2", *, gsto=False, num_classes=None, g
 
 
 def build_hrnet(spec="w18_small_v2", num_classes=19, *, gsto=False, aux=True, gate_style="official",
-                sync_batchnorm=False, input_shape=(None, None, 3), name=None):
+                sync_batchnorm=False, gsto_parts=None, input_shape=(None, None, 3), name=None):
     """HRNetV2 (``gsto=False``) or GSTO-HRNet segmentation model.
 
     Input: normalised float images ``[N, H, W, 3]`` (any size). Output dict: ``"logits"`` ``[N, ceil(ceil(H/2)/2),
     ..., num_classes]`` float32; GSTO with ``aux=True`` adds ``"aux_stage3"`` and ``"aux_stage2"`` (same size).
+    ``gsto_parts``: a subset of :data:`GSTO_PARTS` for ablations (default: all, the published GSTO-HRNet).
     """
     if int(num_classes) <= 0:
         raise ValueError(f"`num_classes` must be a positive int, got {num_classes!r}.")
     inputs = keras.Input(input_shape, name="image")
     xs, aux_logits = hrnet_features(inputs, spec, gsto=gsto, num_classes=num_classes, gate_style=gate_style,
-                                    sync_batchnorm=sync_batchnorm)
+                                    sync_batchnorm=sync_batchnorm, gsto_parts=gsto_parts)
     outputs = {out_names.FINAL_LOGITS: _seg_head(xs, num_classes, "last_layer", sync_batchnorm)}
     if aux:
         outputs.update(aux_logits)

@@ -24,6 +24,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "gsto_hrnet_w18_small_v2"
     gate_style: Optional[str] = None  # "official" / "paper"; None = the model's default
+    gsto_parts: Optional[list] = None  # GSTO-HRNet ablations: subset of fusion_gates/aux_heads/transition_gates
     pretrained: Optional[str] = None  # official ImageNet HRNet .pth / .npz, backbone keys only
 
 

@@ -54,21 +54,25 @@ class SegmentationLoss(keras.losses.Loss):
         logits = resize_bilinear(tf.cast(y_pred, tf.float32), tf.shape(labels)[1:3])
         labels = tf.reshape(labels, [-1])
         logits = tf.reshape(logits, [-1, self.num_classes])
+        # Ignored pixels are masked with weights, not removed with boolean_mask: gathering the [pixels, K] logits
+        # and scattering their gradient back made the loss ~1.5x slower (benchmarks/speed.py --breakdown), which
+        # GSTO-HRNet pays three times (final + two auxiliary outputs).
         valid = tf.not_equal(labels, self.ignore_label)
-        labels = tf.boolean_mask(labels, valid)
-        logits = tf.boolean_mask(logits, valid)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        weights = (tf.gather(tf.constant(self.class_weights, tf.float32), labels)
-                   if self.class_weights is not None else tf.ones_like(ce))
+        safe_labels = tf.where(valid, labels, 0)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
+        weights = tf.cast(valid, tf.float32)
+        if self.class_weights is not None:
+            weights *= tf.gather(tf.constant(self.class_weights, tf.float32), safe_labels)
         if not self.ohem:
             return tf.math.divide_no_nan(tf.reduce_sum(weights * ce), tf.reduce_sum(weights))
         prob_gt = tf.exp(-ce)  # softmax probability of the ground-truth class
-        n = tf.size(prob_gt)
-        sorted_prob = tf.sort(prob_gt)
-        kth = tf.gather(sorted_prob, tf.minimum(self.ohem_min_kept, tf.maximum(n - 1, 0)))
+        n_valid = tf.reduce_sum(tf.cast(valid, tf.int32))
+        # Ignored pixels sort after every probability (<= 1), so the first n_valid entries are the valid ones.
+        sorted_prob = tf.sort(tf.where(valid, prob_gt, 2.0))
+        kth = tf.gather(sorted_prob, tf.minimum(self.ohem_min_kept, tf.maximum(n_valid - 1, 0)))
         threshold = tf.maximum(kth, self.ohem_thresh)
-        kept = tf.boolean_mask(weights * ce, prob_gt < threshold)
-        return tf.math.divide_no_nan(tf.reduce_sum(kept), tf.cast(tf.size(kept), tf.float32))
+        kept = tf.cast(tf.logical_and(valid, prob_gt < threshold), tf.float32)
+        return tf.math.divide_no_nan(tf.reduce_sum(kept * weights * ce), tf.reduce_sum(kept))
 
     def get_config(self):
         return {

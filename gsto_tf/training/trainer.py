@@ -94,6 +94,8 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
         options = {"sync_batchnorm": replicas > 1}
         if config.model.gate_style is not None:
             options["gate_style"] = config.model.gate_style
+        if config.model.gsto_parts is not None:
+            options["gsto_parts"] = list(config.model.gsto_parts)
         model = build(config.model.name, spec.num_classes, **options)
         optimizer = TorchSGD(poly_schedule(config.train.lr, total_steps, config.train.lr_power),
                              momentum=config.train.momentum, weight_decay_l2=config.train.weight_decay)

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Where GSTO-HRNet's training overhead over HRNetV2 comes from: an ablation of its parts, timed two ways.
+
+Models (all w18_small_v2 by default): HRNetV2, GSTO-HRNet, and GSTO-HRNet built with a subset of its parts
+(``gsto_parts``): only the fusion gates; only the stage-2/3 auxiliary heads (deep supervision, no gates); the
+auxiliary heads plus the gated transitions (no fusion gates). Each is timed on a training forward + backward
+(no loss: the losses' cost is in ``benchmarks/speed.py``), interleaved, median of ``--repeats``, batch 1.
+
+Two thread settings, each in its own process (TensorFlow fixes them at start-up):
+
+* ``default``: TensorFlow's own (inter-op and intra-op pools sized to the cores): independent ops run
+  concurrently, so a model whose graph allows less concurrency pays for it in wall time;
+* ``serial``: ``inter_op_parallelism_threads=1``: one op at a time, each using all cores. The ratio is then close
+  to the ratio of work done, which is what the multiply-add count predicts.
+
+The gap between the two ratios is the cost of lost concurrency, not of the gates' arithmetic.
+Writes benchmarks/results/gsto_overhead.csv.
+
+    python benchmarks/gsto_overhead.py [--width w18_small_v2] [--size 512x1024] [--repeats 7]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from gsto_tf.tables import format_table, write_csv  # noqa: E402  (no TensorFlow in the parent)
+
+VARIANTS = {  # name -> (family, gsto_parts)
+    "hrnetv2": ("hrnetv2", None),
+    "gsto_hrnet": ("gsto_hrnet", None),
+    "fusion_gates_only": ("gsto_hrnet", ["fusion_gates"]),
+    "aux_heads_only": ("gsto_hrnet", ["aux_heads"]),
+    "aux_heads+transition_gates": ("gsto_hrnet", ["aux_heads", "transition_gates"]),
+}
+THREADS = ("default", "serial")
+
+
+def measure(threads, width, size, repeats):
+    """Child process: times every variant under one thread setting; returns rows."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import statistics
+    import time
+
+    import tensorflow as tf
+
+    if threads == "serial":
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    from gsto_tf.models import build
+    from gsto_tf.models.counting import count_model
+
+    x = tf.random.normal((1, *size, 3), seed=0)
+    steps, macs = {}, {}
+    for variant, (family, parts) in VARIANTS.items():
+        options = {} if parts is None else {"gsto_parts": parts}
+        model = build(f"{family}_{width}", 19, input_shape=(*size, 3), **options)
+        macs[variant] = count_model(model).conv_macs
+
+        @tf.function
+        def step(model=model):
+            with tf.GradientTape() as tape:
+                out = model(x, training=True)
+                total = tf.add_n([tf.reduce_mean(v) for v in out.values()])
+            grads = tape.gradient(total, model.trainable_variables)
+            return tf.add_n([tf.reduce_sum(g) for g in grads])
+
+        steps[variant] = step
+    for step in steps.values():  # trace + warm up
+        step().numpy()
+        step().numpy()
+    times = {v: [] for v in steps}
+    for _ in range(repeats):
+        for variant, step in steps.items():
+            t = time.perf_counter()
+            step().numpy()
+            times[variant].append(time.perf_counter() - t)
+    base = statistics.median(times["hrnetv2"])
+    return [{"threads": threads, "variant": v, "median_s": round(statistics.median(t), 3),
+             "time_vs_hrnet": round(statistics.median(t) / base, 3),
+             "macs_vs_hrnet": round(macs[v] / macs["hrnetv2"], 3)} for v, t in times.items()]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--width", default="w18_small_v2")
+    parser.add_argument("--size", default="512x1024")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", nargs="+", default=list(THREADS), choices=THREADS)
+    parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "gsto_overhead.csv"))
+    parser.add_argument("--child", choices=THREADS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    from gsto_tf.cli.counts import parse_size
+
+    size = parse_size(args.size, "--size")
+    if args.child:
+        print("RESULT " + json.dumps(measure(args.child, args.width, size, args.repeats)))
+        return 0
+    rows = []
+    for threads in args.threads:
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", threads, "--width", args.width,
+               "--size", args.size, "--repeats", str(args.repeats)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        result = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode != 0 or not result:
+            raise SystemExit(f"{threads} threads failed:\n{done.stderr[-3000:]}")
+        rows += json.loads(result[-1][len("RESULT "):])
+    print(f"training forward + backward (no loss), {args.width}, batch 1, {size[0]}x{size[1]}, median of "
+          f"{args.repeats} interleaved runs, {os.cpu_count()} CPU cores")
+    print(format_table(rows))
+    write_csv(rows, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
