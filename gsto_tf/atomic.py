@@ -24,3 +24,10 @@ def write_atomically(path, write):
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def save_png(path, array):
+    """Write a uint8 array (``[H, W]`` label map or ``[H, W, 3]`` RGB) as a PNG, atomically."""
+    from PIL import Image
+
+    return write_atomically(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

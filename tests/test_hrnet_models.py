@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gsto_tf.models import available_models, build, build_hrnet_backbone, gate_model, inference_model
+from gsto_tf.models import build, build_hrnet_backbone, gate_model, inference_model
 from gsto_tf.models.hrnet import GSTO_PARTS
 from helpers import run_model_test
 

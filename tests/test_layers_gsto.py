@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import keras
 import tensorflow as tf
 
 from gsto_tf.layers import GatedScaleTransfer, SpatialGate

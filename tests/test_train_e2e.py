@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from gsto_tf.data import ensure_synthetic
 

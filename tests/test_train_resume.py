@@ -6,9 +6,7 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
-import pytest
 
 from gsto_tf.data import ensure_synthetic
 
@@ -36,7 +34,6 @@ def _weights(run_dir):
     return [w.numpy() for w in model.weights]
 
 
-@pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(tmp_path):
     data = ensure_synthetic(str(tmp_path / "data"), height=32, width=64, train=8, val=2)
     steps = 8

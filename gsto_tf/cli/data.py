@@ -1,10 +1,10 @@
 """`run.py data verify|browse|prepare`: check a dataset on disk, look at augmented samples, convert formats."""
 
 import math
-import os
 
 import numpy as np
 
+from gsto_tf.atomic import save_png
 from gsto_tf.data import DatasetError, available_datasets, get_dataset_spec, resolve_data_dir
 
 
@@ -70,7 +70,6 @@ def overlay_grid(images, labels, spec, columns=4, alpha=0.5):
 
 
 def _browse(args):
-    from PIL import Image
 
     from gsto_tf.data import build_train_dataset
 
@@ -83,8 +82,7 @@ def _browse(args):
         images.append(x.numpy()[0])
         labels.append(y.numpy()[0])
     grid = overlay_grid(images, labels, spec, columns=min(4, args.num))
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    Image.fromarray(grid).save(args.output)
+    save_png(args.output, grid)
     print(f"wrote {args.output} ({args.num} augmented {args.dataset} samples: image | label overlay)")
     return 0
 

@@ -3,11 +3,10 @@
 import os
 
 import numpy as np
-from PIL import Image
 
+from gsto_tf.atomic import save_png
 from gsto_tf.data import DatasetError, build_eval_dataset, get_dataset_spec, resolve_data_dir
 from gsto_tf.evaluation import evaluate, test_setting
-from gsto_tf.evaluation.settings import TestSetting
 from gsto_tf.models import CheckpointError, inference_model, load_checkpoint
 
 
@@ -54,7 +53,7 @@ def submission_writer(spec, directory):
     os.makedirs(directory, exist_ok=True)
 
     def write(path, pred):
-        Image.fromarray(spec.unmap_labels(pred).astype(np.uint8)).save(os.path.join(directory, os.path.basename(path)))
+        save_png(os.path.join(directory, os.path.basename(path)), spec.unmap_labels(pred).astype(np.uint8))
 
     return write
 

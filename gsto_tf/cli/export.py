@@ -1,7 +1,5 @@
 """`run.py export`: SavedModel (serving signatures) or TFLite (fp32 / fp16 / dynamic / int8) with a parity report."""
 
-import numpy as np
-
 from gsto_tf.data import DatasetError, build_eval_dataset, get_dataset_spec, resolve_data_dir
 from gsto_tf.export import QUANTIZE_MODES, TFLiteRunner, export_saved_model, export_tflite, parity_report
 from gsto_tf.layers.resize import resize_bilinear

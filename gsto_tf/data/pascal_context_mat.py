@@ -9,11 +9,10 @@ once, so the training pipeline only ever reads the PNG layout.
 """
 
 import os
-import tempfile
 
 import numpy as np
-from PIL import Image
 
+from gsto_tf.atomic import save_png, write_atomically
 from gsto_tf.data.layouts import DatasetError
 
 # The 59 kept ids of the 459-label list (background 0 prepended), sorted: the i-th id becomes label i.
@@ -56,19 +55,6 @@ def read_mat_label(path):
     return convert_label_map(mat["LabelMap"], source=path)
 
 
-def _atomic_write(path, write):
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def prepare_pascal_context(mat_dir, data_dir, *, overwrite=False, log=print):
     """Convert every ``{mat_dir}/{id}.mat`` into ``{data_dir}/VOC2010/SegmentationClassContext/{id}.png``.
 
@@ -95,7 +81,7 @@ def prepare_pascal_context(mat_dir, data_dir, *, overwrite=False, log=print):
         if os.path.exists(out) and not overwrite:
             continue
         label = read_mat_label(os.path.join(mat_dir, f"{image_id}.mat"))
-        _atomic_write(out, lambda p, a=label: Image.fromarray(a).save(p, format="PNG"))
+        save_png(out, label)
         converted += 1
     log(f"converted {converted} .mat files into {out_dir} ({len(mats) - converted} already there)")
     sets = os.path.join(voc, "ImageSets", "SegmentationContext")
@@ -111,7 +97,7 @@ def prepare_pascal_context(mat_dir, data_dir, *, overwrite=False, log=print):
         if missing:
             log(f"{split}: {len(missing)} images of {main_list} have no .mat file, e.g. {missing[:3]}")
         kept = [i for i in ids if i in mats]
-        _atomic_write(os.path.join(sets, f"{split}.txt"),
+        write_atomically(os.path.join(sets, f"{split}.txt"),
                       lambda p, k=kept: open(p, "w").write("\n".join(k) + "\n"))
         counts[split] = len(kept)
     return counts

@@ -5,7 +5,6 @@ skipped). ``IoU_c = tp / (gt_c + pred_c - tp)``; mIoU averages over classes *pre
 prediction*; classes absent from both are reported as n/a (NaN) and excluded — never counted as zeros.
 """
 
-import csv
 import dataclasses
 import json
 import math
@@ -14,6 +13,9 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
+
+from gsto_tf.atomic import write_atomically
+from gsto_tf.tables import write_csv
 
 
 def confusion_matrix(labels, predictions, num_classes, ignore_label=255):
@@ -161,14 +163,14 @@ class SegmentationMetrics:
         os.makedirs(directory, exist_ok=True)
         json_path = os.path.join(directory, f"{stem}.json")
         csv_path = os.path.join(directory, f"{stem}.csv")
-        with open(json_path + ".tmp", "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(json_path + ".tmp", json_path)
-        with open(csv_path + ".tmp", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["class", "iou", "gt_pixels", "pred_pixels"])
-            for name, iou, g, p in zip(self.class_names, self.per_class_iou, self.gt_counts, self.pred_counts):
-                writer.writerow([name, "n/a" if np.isnan(iou) else f"{iou:.6f}", int(g), int(p)])
-            writer.writerow(["mIoU", f"{self.miou:.6f}", "", ""])
-        os.replace(csv_path + ".tmp", csv_path)
+        def write_json(tmp):
+            with open(tmp, "w") as f:
+                json.dump(self.to_dict(), f, indent=1)
+
+        rows = [{"class": name, "iou": "n/a" if np.isnan(iou) else f"{iou:.6f}", "gt_pixels": int(g),
+                 "pred_pixels": int(p)}
+                for name, iou, g, p in zip(self.class_names, self.per_class_iou, self.gt_counts, self.pred_counts)]
+        rows.append({"class": "mIoU", "iou": f"{self.miou:.6f}", "gt_pixels": "", "pred_pixels": ""})
+        write_atomically(json_path, write_json)
+        write_csv(rows, csv_path)
         return json_path, csv_path

@@ -6,6 +6,7 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from gsto_tf.atomic import save_png
 from gsto_tf.data.normalization import normalize_image
 from gsto_tf.evaluation.inference import Predictor
 
@@ -64,7 +65,7 @@ def predict_files(model, paths, output_dir, palette, *, setting=None, opacity=0.
         stem = os.path.splitext(os.path.basename(path))[0]
         label_path = os.path.join(output_dir, f"{stem}_labels.png")
         overlay_path = os.path.join(output_dir, f"{stem}_overlay.png")
-        Image.fromarray(labels).save(label_path)
-        Image.fromarray(overlay(rgb, labels, palette, opacity)).save(overlay_path)
+        save_png(label_path, labels)
+        save_png(overlay_path, overlay(rgb, labels, palette, opacity))
         written += [label_path, overlay_path]
     return written

@@ -10,6 +10,8 @@ from typing import Optional
 
 import yaml
 
+from gsto_tf.atomic import write_atomically
+
 
 @dataclasses.dataclass
 class DataConfig:
@@ -65,10 +67,11 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
     def save(self, path):
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
-        os.replace(tmp, path)
+        def write(tmp):
+            with open(tmp, "w") as f:
+                yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+
+        write_atomically(path, write)
 
 
 # The published recipes (SPEC §6; HRNet configs). Epoch counts give the published iteration counts:

@@ -14,16 +14,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gsto_tf.atomic import write_atomically  # noqa: E402
 from gsto_tf.data.normalization import denormalize_image  # noqa: E402
 from gsto_tf.evaluation.predict import colorize, overlay  # noqa: E402
 
 
 def _save(fig, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    fig.savefig(path + ".tmp.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(path + ".tmp.png", path)
-    return path
+    try:
+        return write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def prediction_grid(samples, spec, path, opacity=0.5):
