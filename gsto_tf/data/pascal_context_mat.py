@@ -55,6 +55,11 @@ def read_mat_label(path):
     return convert_label_map(mat["LabelMap"], source=path)
 
 
+def _write_lines(path, lines):
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def prepare_pascal_context(mat_dir, data_dir, *, overwrite=False, log=print):
     """Convert every ``{mat_dir}/{id}.mat`` into ``{data_dir}/VOC2010/SegmentationClassContext/{id}.png``.
 
@@ -97,7 +102,6 @@ def prepare_pascal_context(mat_dir, data_dir, *, overwrite=False, log=print):
         if missing:
             log(f"{split}: {len(missing)} images of {main_list} have no .mat file, e.g. {missing[:3]}")
         kept = [i for i in ids if i in mats]
-        write_atomically(os.path.join(sets, f"{split}.txt"),
-                      lambda p, k=kept: open(p, "w").write("\n".join(k) + "\n"))
+        write_atomically(os.path.join(sets, f"{split}.txt"), lambda p, k=kept: _write_lines(p, k))
         counts[split] = len(kept)
     return counts

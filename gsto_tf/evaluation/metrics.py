@@ -160,7 +160,6 @@ class SegmentationMetrics:
 
     def save(self, directory, stem="metrics"):
         """Write ``{stem}.json`` and ``{stem}.csv`` (per-class IoU) atomically; returns the two paths."""
-        os.makedirs(directory, exist_ok=True)
         json_path = os.path.join(directory, f"{stem}.json")
         csv_path = os.path.join(directory, f"{stem}.csv")
         def write_json(tmp):
