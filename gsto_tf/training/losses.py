@@ -55,8 +55,8 @@ class SegmentationLoss(keras.losses.Loss):
         labels = tf.reshape(labels, [-1])
         logits = tf.reshape(logits, [-1, self.num_classes])
         # Ignored pixels are masked with weights, not removed with boolean_mask: gathering the [pixels, K] logits
-        # and scattering their gradient back made the loss ~1.5x slower (benchmarks/speed.py --breakdown), which
-        # GSTO-HRNet pays three times (final + two auxiliary outputs).
+        # and scattering their gradient back made the loss ~1.5x slower (forward + backward per output at
+        # 512x1024: 0.215 s vs 0.143 s), a cost GSTO-HRNet pays three times (final + two auxiliary outputs).
         valid = tf.not_equal(labels, self.ignore_label)
         safe_labels = tf.where(valid, labels, 0)
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
