@@ -32,3 +32,13 @@ def test_config_errors_name_the_key(tmp_path):
         make_config("synthetic", str(tmp_path / "missing.yaml"))
     with pytest.raises(ValueError, match="no recipe for dataset 'ade20k'"):
         make_config("ade20k")
+
+
+def test_gsto_parts_override_reaches_the_model():
+    from gsto_tf.models import build
+
+    c = make_config("synthetic", sets=["model.gsto_parts=[fusion_gates, aux_heads]"])
+    assert c.model.gsto_parts == ["fusion_gates", "aux_heads"]
+    model = build(c.model.name, 8, gsto_parts=c.model.gsto_parts)
+    assert sorted(model.output) == ["aux_stage2", "aux_stage3", "logits"]
+    assert not [layer for layer in model.layers if layer.name.startswith(("att2.", "att3."))]
