@@ -50,6 +50,7 @@ def measure(threads, width, size, repeats):
 
     if threads == "serial":
         tf.config.threading.set_inter_op_parallelism_threads(1)
+    from benchmarks.speed import backprop_step  # the same step speed.py times as "backprop"
     from gsto_tf.models import build
     from gsto_tf.models.counting import count_model
 
@@ -59,16 +60,7 @@ def measure(threads, width, size, repeats):
         options = {} if parts is None else {"gsto_parts": parts}
         model = build(f"{family}_{width}", 19, input_shape=(*size, 3), **options)
         macs[variant] = count_model(model).conv_macs
-
-        @tf.function
-        def step(model=model):
-            with tf.GradientTape() as tape:
-                out = model(x, training=True)
-                total = tf.add_n([tf.reduce_mean(v) for v in out.values()])
-            grads = tape.gradient(total, model.trainable_variables)
-            return tf.add_n([tf.reduce_sum(g) for g in grads])
-
-        steps[variant] = step
+        steps[variant] = backprop_step(model, x)
     for step in steps.values():  # trace + warm up
         step().numpy()
         step().numpy()
