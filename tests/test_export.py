@@ -67,8 +67,13 @@ def test_signature_rejects_wrong_dtype_and_rank(saved_model_dir):
     fn = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
     with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
         fn(images=tf.zeros((1, 8, 8, 3), tf.float32))
-    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
+    # Wrong rank or an empty image: an InvalidArgumentError, not a oneDNN abort of the serving process.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="expect_rank_4_NHWC"):
         fn(images=tf.zeros((8, 8, 3), tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="expect_rank_4_NHWC"):
+        fn(images=tf.zeros((1, 1, 8, 8, 3), tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="empty batch or image"):
+        fn(images=tf.zeros((1, 0, 8, 3), tf.uint8))
 
 
 def test_documented_rest_request_decodes_into_the_signature(saved_model_dir):

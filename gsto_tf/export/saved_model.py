@@ -35,13 +35,27 @@ class SegmentationServingModule(tf.Module):
             "probabilities": tf.nn.softmax(logits, axis=-1),
         }
 
+    @staticmethod
+    def _checked(images):
+        """``images`` after a run-time rank check.
+
+        A loaded signature does not check the rank of what it is fed, and a rank-3 image reaching the first
+        convolution aborts the whole process inside oneDNN (a CHECK failure, not an exception). The static rank is
+        4, so ``tf.rank`` / ``assert_rank`` would be folded away; unstacking the run-time shape into exactly 4
+        values is not, and fails with an InvalidArgumentError that a server returns to the client.
+        """
+        shape = tf.unstack(tf.shape(images), num=4, name="expect_rank_4_NHWC")
+        check = tf.debugging.assert_greater(tf.reduce_min(shape[:3]), 0, message="images: empty batch or image")
+        with tf.control_dependencies([check]):
+            return tf.identity(images)
+
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve_uint8(self, images):
-        return self._predict(normalize_image(images))
+        return self._predict(normalize_image(self._checked(images)))
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
     def serve_normalized(self, images):
-        return self._predict(images)
+        return self._predict(self._checked(images))
 
 
 def export_saved_model(model, path, overwrite=False):

@@ -20,6 +20,7 @@ import numpy as np
 from gsto_tf.layers.gated_scale_transfer import GatedScaleTransfer
 from gsto_tf.layers.resize import BilinearResize
 from gsto_tf.layers.spatial_gate import SpatialGate
+from gsto_tf.layers.upsample_concat_conv import UpsampleConcatConv1x1
 
 
 @dataclasses.dataclass
@@ -85,6 +86,19 @@ def _gate_cost(gate, in_shape):
 @register_layer_cost(SpatialGate)
 def _spatial_gate_cost(layer, in_shape, out_shapes):
     return _gate_cost(layer, in_shape)
+
+
+@register_layer_cost(UpsampleConcatConv1x1)
+def _upsample_concat_conv_cost(layer, in_shape, out_shapes):
+    """Counted as the official head computes it: resize inputs 1..n to input 0's size, concat, conv1x1.
+
+    The layer evaluates the conv per input before resizing (fewer multiply-adds), but the counts describe the
+    model, so they stay comparable with the paper's and the official code's (SPEC §5).
+    """
+    out_shape = out_shapes[0]
+    macs, flops = _conv_cost(layer, out_shape)
+    resized_channels = sum(layer.input_channels[1:])
+    return macs, flops + 8 * _spatial(out_shape) * resized_channels
 
 
 @register_layer_cost(GatedScaleTransfer)

@@ -22,6 +22,7 @@ import keras
 
 from gsto_tf.layers.resize import BilinearResize
 from gsto_tf.layers.spatial_gate import GATE_STYLES, SpatialGate
+from gsto_tf.layers.upsample_concat_conv import UpsampleConcatConv1x1
 from gsto_tf.models import outputs as out_names
 from gsto_tf.models.blocks import basic_block, batch_norm, bottleneck_block, conv2d, conv_bn, relu
 from gsto_tf.models.hrnet_specs import get_hrnet_spec
@@ -124,11 +125,13 @@ def _stage(xs, stage, index, gsto, gate_style, sync):
 
 
 def _seg_head(xs, num_classes, prefix, sync):
-    """Concat all branches upsampled to branch 0 -> conv1x1 -> BN -> ReLU -> conv1x1 to K (HRNetV2 head)."""
-    ups = [xs[0]] + [BilinearResize(name=f"{prefix}.up{k}")([x, xs[0]]) for k, x in enumerate(xs[1:], 1)]
-    x = keras.layers.Concatenate(name=f"{prefix}.concat")(ups)
-    channels = x.shape[-1]
-    x = conv2d(x, channels, 1, f"{prefix}.0", use_bias=True)
+    """Concat all branches upsampled to branch 0 -> conv1x1 -> BN -> ReLU -> conv1x1 to K (HRNetV2 head).
+
+    The first conv is evaluated per branch before upsampling (:class:`UpsampleConcatConv1x1`, same weights, same
+    result up to rounding): 8x fewer multiply-adds for HRNetV2's head, 3-4x for GSTO's auxiliary heads.
+    """
+    channels = sum(x.shape[-1] for x in xs)
+    x = UpsampleConcatConv1x1(channels, use_bias=True, name=f"{prefix}.0")(xs)
     x = batch_norm(x, f"{prefix}.1", sync)
     x = relu(x, f"{prefix}.2")
     # Logits in float32 even under a mixed-precision policy (stable softmax / loss).
