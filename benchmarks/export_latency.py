@@ -32,7 +32,7 @@ from gsto_tf.data import build_eval_dataset, ensure_synthetic  # noqa: E402
 from gsto_tf.export import TFLiteRunner, export_saved_model, export_tflite  # noqa: E402
 from gsto_tf.layers import resize_bilinear  # noqa: E402
 from gsto_tf.models import build, inference_model, load_checkpoint  # noqa: E402
-from gsto_tf.tables import format_table, write_csv  # noqa: E402
+from gsto_tf.tables import print_and_write  # noqa: E402
 
 
 def build_variants(model, size, workdir, num_calibration, threads, failed, delegates):
@@ -105,11 +105,9 @@ def main():
     rows += [{"model": args.model, "input": f"{size[0]}x{size[1]}", "variant": name, "median_s": "failed",
               "vs_keras": "", "tflite_delegate": "", "repeats": 0} for name in failed]
     cols = list(rows[0])
-    print(f"batch 1, median of {args.repeats} interleaved rounds after 2 warm-up runs, {os.cpu_count()} CPU cores, "
-          f"TFLite threads {args.threads}, weights: {args.checkpoint or 'random'}")
-    print(format_table(rows, cols))
-    write_csv(rows, args.out, cols)
-    print(f"wrote {args.out}")
+    print_and_write(rows, args.out, f"batch 1, median of {args.repeats} interleaved rounds after 2 warm-up runs, "
+                    f"{os.cpu_count()} CPU cores, TFLite threads {args.threads}, weights: "
+                    f"{args.checkpoint or 'random'}", columns=cols)
     return 0
 
 

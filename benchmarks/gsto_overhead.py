@@ -28,7 +28,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from gsto_tf.tables import format_table, write_csv  # noqa: E402  (no TensorFlow in the parent)
+from gsto_tf.tables import print_and_write  # noqa: E402  (no TensorFlow in the parent)
 
 VARIANTS = {  # name -> (family, gsto_parts)
     "hrnetv2": ("hrnetv2", None),
@@ -100,11 +100,8 @@ def main():
         if done.returncode != 0 or not result:
             raise SystemExit(f"{threads} threads failed:\n{done.stderr[-3000:]}")
         rows += json.loads(result[-1][len("RESULT "):])
-    print(f"training forward + backward (no loss), {args.width}, batch 1, {size[0]}x{size[1]}, median of "
-          f"{args.repeats} interleaved runs, {os.cpu_count()} CPU cores")
-    print(format_table(rows))
-    write_csv(rows, args.out)
-    print(f"wrote {args.out}")
+    print_and_write(rows, args.out, f"training forward + backward (no loss), {args.width}, batch 1, "
+                    f"{size[0]}x{size[1]}, median of {args.repeats} interleaved runs, {os.cpu_count()} CPU cores")
     return 0
 
 

@@ -37,7 +37,7 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
 from benchmarks.speed import _callables  # noqa: E402
 from gsto_tf.cli.counts import parse_size  # noqa: E402
-from gsto_tf.tables import format_table, write_csv  # noqa: E402
+from gsto_tf.tables import print_and_write  # noqa: E402
 
 PARTS = ("network", "fusion_gates", "aux_heads", "transition_gates", "loss", "optimizer")
 # First match wins; matched against the full op name ("gradient_tape/<model>/<layer>/.../<op>").
@@ -118,11 +118,8 @@ def main(argv=None):
                                  "share_of_hrnetv2": round(parts[part] / reference, 3)})
             rows.append({"step": kind, "model": family, "part": "total", "op_ms": round(sum(parts.values()), 1),
                          "share_of_hrnetv2": round(sum(parts.values()) / reference, 3)})
-    print(f"op time per step summed by part (profiler, {args.steps} steps), {args.width}, batch 1, "
-          f"{size[0]}x{size[1]}, {os.cpu_count()} CPU cores")
-    print(format_table(rows))
-    write_csv(rows, args.out)
-    print(f"wrote {args.out}")
+    print_and_write(rows, args.out, f"op time per step summed by part (profiler, {args.steps} steps), {args.width}, "
+                    f"batch 1, {size[0]}x{size[1]}, {os.cpu_count()} CPU cores")
     return 0
 
 

@@ -28,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 from gsto_tf.cli.counts import parse_size  # noqa: E402
 from gsto_tf.models import build, inference_model  # noqa: E402
 from gsto_tf.models.counting import count_model  # noqa: E402
-from gsto_tf.tables import format_table, write_csv  # noqa: E402
+from gsto_tf.tables import print_and_write  # noqa: E402
 from gsto_tf.training.losses import SegmentationLoss  # noqa: E402
 
 
@@ -128,11 +128,8 @@ def main():
     args = parser.parse_args()
     size = parse_size(args.size, "--size")
     rows = bench(args.widths, size, args.repeats, args.precisions)
-    print(f"batch 1, {size[0]}x{size[1]}, median of {args.repeats} interleaved runs, {os.cpu_count()} CPU cores "
-          "(train GFLOP/s counts 3x the forward multiply-adds)")
-    print(format_table(rows))
-    write_csv(rows, args.out)
-    print(f"wrote {args.out}")
+    print_and_write(rows, args.out, f"batch 1, {size[0]}x{size[1]}, median of {args.repeats} interleaved runs, "
+                    f"{os.cpu_count()} CPU cores (train GFLOP/s counts 3x the forward multiply-adds)")
 
 
 if __name__ == "__main__":

@@ -24,3 +24,12 @@ def write_csv(rows, path, columns=None):
             writer.writerows(rows)
 
     return write_atomically(path, write)
+
+
+def print_and_write(rows, path, title=None, columns=None):
+    """What every benchmark ends with: an optional title line, the table, the CSV at ``path`` and where it went."""
+    if title:
+        print(title)
+    print(format_table(rows, columns))
+    write_csv(rows, path, columns)
+    print(f"wrote {path}")
