@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
-from benchmarks.speed import _callables  # noqa: E402
+from benchmarks.speed import step_functions  # noqa: E402
 from gsto_tf.cli.counts import parse_size  # noqa: E402
 from gsto_tf.tables import print_and_write  # noqa: E402
 
@@ -102,7 +102,7 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "profile_gsto.csv"))
     args = parser.parse_args(argv)
     size = parse_size(args.size)
-    models = {family: _callables(f"{family}_{args.width}", size)[0] for family in ("hrnetv2", "gsto_hrnet")}
+    models = {family: step_functions(f"{family}_{args.width}", size)[0] for family in ("hrnetv2", "gsto_hrnet")}
     rows = []
     for kind in args.kinds:
         measured = {}

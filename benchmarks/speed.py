@@ -59,7 +59,8 @@ def backprop_step(model, x):
     return step
 
 
-def _callables(name, size, num_classes=19):
+def step_functions(name, size, num_classes=19):
+    """({"infer", "backprop", "train"}: tf.functions on one random batch-1 input, conv multiply-adds) of ``name``."""
     model = build(name, num_classes, input_shape=(*size, 3))
     infer = inference_model(model)
     loss_fn = SegmentationLoss(num_classes)
@@ -92,7 +93,7 @@ def bench(widths, size, repeats, precisions):
         for width in widths:
             pair = {}
             for family in ("hrnetv2", "gsto_hrnet"):
-                pair[family] = _callables(f"{family}_{width}", size)
+                pair[family] = step_functions(f"{family}_{width}", size)
             for kind in ("infer", "backprop", "train"):
                 for fns, _ in pair.values():  # warm-up: trace + first runs
                     fns[kind]().numpy()
