@@ -44,13 +44,13 @@ def measure(threads, width, size, repeats):
     """Child process: times every variant under one thread setting; returns rows."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import statistics
-    import time
 
     import tensorflow as tf
 
     if threads == "serial":
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    from benchmarks.speed import backprop_step  # the same step speed.py times as "backprop"
+    # The same step speed.py times as "backprop", timed the same way (seeded random order per round).
+    from benchmarks.speed import backprop_step, time_interleaved
     from gsto_tf.models import build
     from gsto_tf.models.counting import count_model
 
@@ -61,15 +61,7 @@ def measure(threads, width, size, repeats):
         model = build(f"{family}_{width}", 19, input_shape=(*size, 3), **options)
         macs[variant] = count_model(model).conv_macs
         steps[variant] = backprop_step(model, x)
-    for step in steps.values():  # trace + warm up
-        step().numpy()
-        step().numpy()
-    times = {v: [] for v in steps}
-    for _ in range(repeats):
-        for variant, step in steps.items():
-            t = time.perf_counter()
-            step().numpy()
-            times[variant].append(time.perf_counter() - t)
+    times = time_interleaved(steps, repeats)
     base = statistics.median(times["hrnetv2"])
     return [{"threads": threads, "variant": v, "median_s": round(statistics.median(t), 3),
              "time_vs_hrnet": round(statistics.median(t) / base, 3),
@@ -101,7 +93,7 @@ def main():
             raise SystemExit(f"{threads} threads failed:\n{done.stderr[-3000:]}")
         rows += json.loads(result[-1][len("RESULT "):])
     print_and_write(rows, args.out, f"training forward + backward (no loss), {args.width}, batch 1, "
-                    f"{size[0]}x{size[1]}, median of {args.repeats} interleaved runs, {os.cpu_count()} CPU cores")
+                    f"{size[0]}x{size[1]}, median of {args.repeats} rounds in random order, {os.cpu_count()} CPU cores")
     return 0
 
 

@@ -1,31 +1,43 @@
 #!/usr/bin/env python
 """GSTO-HRNet vs HRNetV2 speed on this machine: inference latency and train-step time, fp32 and bf16.
 
-A and B are timed *interleaved* in one process (A, B, A, B, ...) after warm-up, so load from other processes hits
-both alike; the table reports medians and the GSTO / HRNetV2 ratio, plus achieved GFLOP/s (2 x conv multiply-adds
-per second) next to a matmul peak measured in the same run. Writes benchmarks/results/speed.csv.
+A and B are timed *interleaved* in one process after warm-up: every round runs each model once, in a random order
+(seeded), so load from other processes and cache effects of the previous run hit both alike. The table reports
+each model's median, the ratio of the medians GSTO / HRNetV2 and the quartiles of the per-round ratios
+(``ratio_q1`` / ``ratio_q3``: on this 2-core machine they are a few % apart, so differences below that are not
+resolved), plus achieved GFLOP/s (2 x conv multiply-adds per second) next to a matmul peak measured in the same
+run. Writes benchmarks/results/speed.csv.
 
 Three steps are timed: ``infer`` (inference model, logits only), ``backprop`` (training forward + backward of the
 network alone) and ``train`` (forward, the segmentation loss on every output at label resolution, backward, SGD
 update). ``train`` minus ``backprop`` is what the losses cost: GSTO-HRNet has three supervised outputs
 (final + two auxiliary), HRNetV2 one, so its loss costs about three times as much.
 
-    python benchmarks/speed.py [--widths w18_small_v2 w48] [--size 512x1024] [--repeats 7]
+``--precisions tflite`` adds the deployed model: the fixed-size fp32 TFLite file (``gsto_tf.export``) run by the
+LiteRT interpreter with XNNPACK on all cores (inference only). The converter folds BatchNorm into the convs, so
+it shows what the gates cost once the framework's per-op overhead is gone.
+
+    python benchmarks/speed.py [--widths w18_small_v2 w48] [--size 512x1024] [--repeats 15] \
+        [--precisions fp32 bf16 tflite]
 """
 
 import argparse
 import os
+import random
 import statistics
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from gsto_tf.cli.counts import parse_size  # noqa: E402
+from gsto_tf.export import TFLiteRunner, export_tflite  # noqa: E402
 from gsto_tf.models import build, inference_model  # noqa: E402
 from gsto_tf.models.counting import count_model  # noqa: E402
 from gsto_tf.tables import print_and_write  # noqa: E402
@@ -85,6 +97,39 @@ def step_functions(name, size, num_classes=19):
     return {"infer": infer_step, "backprop": backprop_step(model, x), "train": train_step}, macs
 
 
+def tflite_step(name, size, workdir, num_classes=19):
+    """({"infer": callable}, conv multiply-adds) for the fp32 TFLite file of ``name`` on the XNNPACK delegate."""
+    model = build(name, num_classes, input_shape=(*size, 3))
+    path = export_tflite(model, os.path.join(workdir, f"{name}.tflite"), size)
+    runner = TFLiteRunner(path, num_threads=os.cpu_count())
+    if runner.delegate != "xnnpack":
+        print(f"{name}: XNNPACK refused the TFLite model; timing the builtin kernels", file=sys.stderr)
+    image = np.random.default_rng(0).normal(size=(1, *size, 3)).astype(np.float32)
+    return {"infer": lambda: runner(image)}, count_model(model).conv_macs
+
+
+def time_interleaved(steps, repeats, seed=0):
+    """{model: [seconds per round]}: each round runs every step once, in a seeded random order, after warm-up."""
+    for fn in steps.values():  # warm-up: trace + first runs
+        _run(fn)
+        _run(fn)
+    order = list(steps)
+    rng = random.Random(seed)
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        rng.shuffle(order)
+        for name in order:
+            t = time.perf_counter()
+            _run(steps[name])
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def _run(fn):
+    out = fn()
+    return out.numpy() if hasattr(out, "numpy") else out
+
+
 def bench(widths, size, repeats, precisions):
     peak = matmul_peak_gflops()
     rows = []
@@ -92,25 +137,23 @@ def bench(widths, size, repeats, precisions):
         keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bf16" else "float32")
         for width in widths:
             pair = {}
-            for family in ("hrnetv2", "gsto_hrnet"):
-                pair[family] = step_functions(f"{family}_{width}", size)
-            for kind in ("infer", "backprop", "train"):
-                for fns, _ in pair.values():  # warm-up: trace + first runs
-                    fns[kind]().numpy()
-                    fns[kind]().numpy()
-                times = {f: [] for f in pair}
-                for _ in range(repeats):
-                    for family, (fns, _) in pair.items():
-                        t = time.perf_counter()
-                        fns[kind]().numpy()
-                        times[family].append(time.perf_counter() - t)
+            with tempfile.TemporaryDirectory() as workdir:
+                for family in ("hrnetv2", "gsto_hrnet"):
+                    name = f"{family}_{width}"
+                    pair[family] = tflite_step(name, size, workdir) if precision == "tflite" else step_functions(
+                        name, size)
+            for kind in pair["hrnetv2"][0]:
+                times = time_interleaved({f: fns[kind] for f, (fns, _) in pair.items()}, repeats)
                 med = {f: statistics.median(v) for f, v in times.items()}
+                per_round = [g / h for g, h in zip(times["gsto_hrnet"], times["hrnetv2"])]
+                q1, _, q3 = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else per_round * 3
                 for family in pair:
                     macs = pair[family][1]
                     rows.append({
                         "width": width, "precision": precision, "step": kind, "model": family,
                         "median_s": round(med[family], 4),
                         "gsto_over_hrnet": round(med["gsto_hrnet"] / med["hrnetv2"], 3),
+                        "ratio_q1": round(q1, 3), "ratio_q3": round(q3, 3),
                         "achieved_GFLOPs": round(2 * macs * (1 if kind == "infer" else 3) / med[family] / 1e9, 1),
                         "matmul_peak_GFLOPs": round(peak, 1),
                     })
@@ -123,13 +166,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--widths", nargs="+", default=["w18_small_v2"])
     parser.add_argument("--size", default="512x1024")
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "tflite"])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "speed.csv"))
     args = parser.parse_args()
     size = parse_size(args.size, "--size")
     rows = bench(args.widths, size, args.repeats, args.precisions)
-    print_and_write(rows, args.out, f"batch 1, {size[0]}x{size[1]}, median of {args.repeats} interleaved runs, "
+    print_and_write(rows, args.out, f"batch 1, {size[0]}x{size[1]}, median of {args.repeats} rounds in random order, "
                     f"{os.cpu_count()} CPU cores (train GFLOP/s counts 3x the forward multiply-adds)")
 
 

@@ -62,6 +62,53 @@ def test_ignored_pixels_get_no_gradient_and_all_ignored_gives_zero():
         assert float(value) == 0.0 and np.all(grad == 0)
 
 
+def _softmax(logits):
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("variant", ["plain", "weighted", "ohem"])
+def test_gradient_matches_numpy_softmax_minus_onehot(variant):
+    # The CE gradient is written out by hand (pixel_cross_entropy); check it against d/dz = a_p (softmax - onehot)
+    # with a_p the pixel's weight over the normaliser, and against TensorFlow's own sparse CE op.
+    labels, logits = _data(4)
+    valid = labels != 255
+    safe = np.where(valid, labels, 0)
+    w = np.array([0.5, 1.0, 2.0, 1.5, 0.8], np.float32)
+    loss = {"plain": SegmentationLoss(5), "weighted": SegmentationLoss(5, class_weights=w),
+            "ohem": SegmentationLoss(5, ohem=True, ohem_thresh=0.7, ohem_min_kept=10)}[variant]
+    a = valid.astype(np.float64)
+    if variant == "weighted":
+        a = a * w[safe]
+        a /= a.sum()
+    elif variant == "ohem":
+        p = np.exp(-_ce(logits, safe))
+        kth = np.sort(p[valid])[10]
+        kept = valid & (p < max(kth, 0.7))
+        a = kept / kept.sum()
+    else:
+        a /= a.sum()
+    expected = a[..., None] * (_softmax(logits.astype(np.float64)) - np.eye(5)[safe])
+    z = tf.Variable(logits)
+    with tf.GradientTape() as tape:
+        value = tf.reduce_sum(loss(labels, z))
+    grad = tape.gradient(value, z).numpy()
+    np.testing.assert_allclose(grad, expected, atol=2e-7)
+    if variant == "plain":
+        with tf.GradientTape() as tape:
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.constant(safe), z)
+            ref = tf.reduce_sum(ce * valid) / valid.sum()
+        np.testing.assert_allclose(grad, tape.gradient(ref, z).numpy(), atol=1e-7)
+        assert float(value) == pytest.approx(float(ref), rel=1e-6)
+
+
+def test_label_outside_classes_is_an_error():
+    labels, logits = _data(5)
+    labels[0, 0, 0] = 7  # not a class of K=5 and not the ignore label
+    with pytest.raises(tf.errors.InvalidArgumentError, match="7"):
+        SegmentationLoss(5)(labels, logits)
+
+
 def test_logits_are_resized_to_labels():
     labels, logits = _data(2, shape=(1, 12, 14))
     small = logits[:, ::2, ::2]

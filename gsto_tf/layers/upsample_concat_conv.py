@@ -16,6 +16,7 @@ The layer *is* that Conv2D: same kernel ``[1, 1, sum(C_k), filters]`` and bias, 
 """
 
 import keras
+import tensorflow as tf
 
 from gsto_tf.layers.resize import resize_bilinear, spatial_size
 
@@ -57,18 +58,20 @@ class UpsampleConcatConv1x1(keras.layers.Conv2D):
         inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         kernel = keras.ops.cast(self.kernel, self.compute_dtype)
         target = spatial_size(inputs[0])
-        out = None
+        terms = []
         start = 0
         for k, x in enumerate(inputs):
             rows = kernel[:, :, start:start + self.input_channels[k], :]
             start += self.input_channels[k]
-            y = keras.ops.conv(x, rows, strides=1, padding="valid")
+            y = tf.nn.conv2d(x, rows, strides=1, padding="VALID")
+            if k == 0 and self.use_bias:
+                # BiasAdd right after the conv is fused into it by Grappler: no extra pass over the output.
+                y = tf.nn.bias_add(y, keras.ops.cast(self.bias, self.compute_dtype))
             if k:
                 y = resize_bilinear(y, target)
-            out = y if out is None else out + y
-        if self.use_bias:
-            out = out + keras.ops.cast(self.bias, self.compute_dtype)
-        return out
+            terms.append(y)
+        # One AddN reads every term once; chained adds would write and re-read a partial sum per input.
+        return tf.add_n(terms) if len(terms) > 1 else terms[0]
 
     def compute_output_shape(self, input_shape):
         first = self._shape_list(input_shape)[0]

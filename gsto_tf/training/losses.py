@@ -23,6 +23,28 @@ CITYSCAPES_CLASS_WEIGHTS = (
 )
 
 
+@tf.custom_gradient
+def pixel_cross_entropy(logits, labels):
+    """Softmax cross-entropy per row of ``logits`` [P, K] for int ``labels`` [P] in [0, K); returns [P].
+
+    The same values as ``tf.nn.sparse_softmax_cross_entropy_with_logits`` (``logsumexp(z) - z_y``) with the
+    gradient ``dce * (softmax(z) - onehot(y))`` written out: 1.4x faster forward + backward on this project's
+    CPU (``[512 * 1024, 19]``: 32 ms vs 46 ms), and the loss runs once per output at label resolution, three
+    times per GSTO-HRNet step. Labels outside [0, K) raise InvalidArgumentError (from the gather).
+    """
+    shift = tf.reduce_max(logits, axis=-1, keepdims=True)
+    exp = tf.exp(logits - shift)
+    total = tf.reduce_sum(exp, axis=-1, keepdims=True)
+    picked = tf.gather(logits, labels, axis=1, batch_dims=1)
+    ce = tf.math.log(total[:, 0]) + shift[:, 0] - picked
+
+    def grad(d_ce):
+        onehot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=logits.dtype)
+        return d_ce[:, None] * (exp / total - onehot), None
+
+    return ce, grad
+
+
 @keras.saving.register_keras_serializable(package="gsto_tf")
 class SegmentationLoss(keras.losses.Loss):
     """CE over valid pixels of ``y_true`` [B, H, W] for logits ``y_pred`` [B, h, w, K] of any resolution."""
@@ -59,7 +81,7 @@ class SegmentationLoss(keras.losses.Loss):
         # 512x1024: 0.215 s vs 0.143 s), a cost GSTO-HRNet pays three times (final + two auxiliary outputs).
         valid = tf.not_equal(labels, self.ignore_label)
         safe_labels = tf.where(valid, labels, 0)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
+        ce = pixel_cross_entropy(logits, safe_labels)
         weights = tf.cast(valid, tf.float32)
         if self.class_weights is not None:
             weights *= tf.gather(tf.constant(self.class_weights, tf.float32), safe_labels)
