@@ -3,8 +3,10 @@
 
 Models (all w18_small_v2 by default): HRNetV2, GSTO-HRNet, and GSTO-HRNet built with a subset of its parts
 (``gsto_parts``): only the fusion gates; only the stage-2/3 auxiliary heads (deep supervision, no gates); the
-auxiliary heads plus the gated transitions (no fusion gates). Each is timed on a training forward + backward
-(no loss: the losses' cost is in ``benchmarks/speed.py``), interleaved, median of ``--repeats``, batch 1.
+auxiliary heads plus the gated transitions (no fusion gates). Each is timed on inference (``infer``: logits
+only; the auxiliary heads without transition gates then drop out of the graph) and on a training forward +
+backward (``backprop``, no loss: the losses' cost is in ``benchmarks/speed.py``), interleaved in random order,
+median of ``--repeats``, batch 1.
 
 Two thread settings, each in its own process (TensorFlow fixes them at start-up):
 
@@ -16,7 +18,7 @@ Two thread settings, each in its own process (TensorFlow fixes them at start-up)
 The gap between the two ratios is the cost of lost concurrency, not of the gates' arithmetic.
 Writes benchmarks/results/gsto_overhead.csv.
 
-    python benchmarks/gsto_overhead.py [--width w18_small_v2] [--size 512x1024] [--repeats 7]
+    python benchmarks/gsto_overhead.py [--width w18_small_v2] [--size 512x1024] [--repeats 15]
 """
 
 import argparse
@@ -51,28 +53,34 @@ def measure(threads, width, size, repeats):
         tf.config.threading.set_inter_op_parallelism_threads(1)
     # The same step speed.py times as "backprop", timed the same way (seeded random order per round).
     from benchmarks.speed import backprop_step, time_interleaved
-    from gsto_tf.models import build
+    from gsto_tf.models import build, inference_model
     from gsto_tf.models.counting import count_model
 
     x = tf.random.normal((1, *size, 3), seed=0)
-    steps, macs = {}, {}
+    steps = {"infer": {}, "backprop": {}}
+    macs = {}
     for variant, (family, parts) in VARIANTS.items():
         options = {} if parts is None else {"gsto_parts": parts}
         model = build(f"{family}_{width}", 19, input_shape=(*size, 3), **options)
-        macs[variant] = count_model(model).conv_macs
-        steps[variant] = backprop_step(model, x)
-    times = time_interleaved(steps, repeats)
-    base = statistics.median(times["hrnetv2"])
-    return [{"threads": threads, "variant": v, "median_s": round(statistics.median(t), 3),
-             "time_vs_hrnet": round(statistics.median(t) / base, 3),
-             "macs_vs_hrnet": round(macs[v] / macs["hrnetv2"], 3)} for v, t in times.items()]
+        macs[variant] = count_model(model).executed_macs
+        infer = inference_model(model)
+        steps["infer"][variant] = tf.function(lambda infer=infer: tf.reduce_sum(infer(x, training=False)))
+        steps["backprop"][variant] = backprop_step(model, x)
+    rows = []
+    for step, fns in steps.items():
+        times = time_interleaved(fns, repeats)
+        base = statistics.median(times["hrnetv2"])
+        rows += [{"threads": threads, "step": step, "variant": v, "median_s": round(statistics.median(t), 3),
+                  "time_vs_hrnet": round(statistics.median(t) / base, 3),
+                  "macs_vs_hrnet": round(macs[v] / macs["hrnetv2"], 3)} for v, t in times.items()]
+    return rows
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", default="w18_small_v2")
     parser.add_argument("--size", default="512x1024")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", nargs="+", default=list(THREADS), choices=THREADS)
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "gsto_overhead.csv"))
     parser.add_argument("--child", choices=THREADS, help=argparse.SUPPRESS)
@@ -92,7 +100,7 @@ def main():
         if done.returncode != 0 or not result:
             raise SystemExit(f"{threads} threads failed:\n{done.stderr[-3000:]}")
         rows += json.loads(result[-1][len("RESULT "):])
-    print_and_write(rows, args.out, f"training forward + backward (no loss), {args.width}, batch 1, "
+    print_and_write(rows, args.out, f"{args.width}, batch 1, "
                     f"{size[0]}x{size[1]}, median of {args.repeats} rounds in random order, {os.cpu_count()} CPU cores")
     return 0
 

@@ -6,7 +6,9 @@ A and B are timed *interleaved* in one process after warm-up: every round runs e
 each model's median, the ratio of the medians GSTO / HRNetV2 and the quartiles of the per-round ratios
 (``ratio_q1`` / ``ratio_q3``: on this 2-core machine they are a few % apart, so differences below that are not
 resolved), plus achieved GFLOP/s (2 x conv multiply-adds per second) next to a matmul peak measured in the same
-run. Writes benchmarks/results/speed.csv.
+run. ``macs_ratio`` is GSTO / HRNetV2 in conv multiply-adds as executed here (``ModelCounts.executed_macs``:
+the heads' per-branch 1x1 conv runs fewer than the official count): the time ratio that free memory traffic and
+zero per-op overhead would give. Writes benchmarks/results/speed.csv.
 
 Three steps are timed: ``infer`` (inference model, logits only), ``backprop`` (training forward + backward of the
 network alone) and ``train`` (forward, the segmentation loss on every output at label resolution, backward, SGD
@@ -72,7 +74,7 @@ def backprop_step(model, x):
 
 
 def step_functions(name, size, num_classes=19):
-    """({"infer", "backprop", "train"}: tf.functions on one random batch-1 input, conv multiply-adds) of ``name``."""
+    """({"infer", "backprop", "train"}: tf.functions on a random batch-1 input, executed multiply-adds) of ``name``."""
     model = build(name, num_classes, input_shape=(*size, 3))
     infer = inference_model(model)
     loss_fn = SegmentationLoss(num_classes)
@@ -93,7 +95,7 @@ def step_functions(name, size, num_classes=19):
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    macs = count_model(model).conv_macs
+    macs = count_model(model).executed_macs
     return {"infer": infer_step, "backprop": backprop_step(model, x), "train": train_step}, macs
 
 
@@ -105,7 +107,7 @@ def tflite_step(name, size, workdir, num_classes=19):
     if runner.delegate != "xnnpack":
         print(f"{name}: XNNPACK refused the TFLite model; timing the builtin kernels", file=sys.stderr)
     image = np.random.default_rng(0).normal(size=(1, *size, 3)).astype(np.float32)
-    return {"infer": lambda: runner(image)}, count_model(model).conv_macs
+    return {"infer": lambda: runner(image)}, count_model(model).executed_macs
 
 
 def time_interleaved(steps, repeats, seed=0):
@@ -154,6 +156,7 @@ def bench(widths, size, repeats, precisions):
                         "median_s": round(med[family], 4),
                         "gsto_over_hrnet": round(med["gsto_hrnet"] / med["hrnetv2"], 3),
                         "ratio_q1": round(q1, 3), "ratio_q3": round(q3, 3),
+                        "macs_ratio": round(pair["gsto_hrnet"][1] / pair["hrnetv2"][1], 3),
                         "achieved_GFLOPs": round(2 * macs * (1 if kind == "infer" else 3) / med[family] / 1e9, 1),
                         "matmul_peak_GFLOPs": round(peak, 1),
                     })

@@ -104,3 +104,6 @@ def test_counted_like_the_concat_form_it_replaces():
     assert (a.params, a.paper_params, a.conv_macs, a.full_flops) == (b.params, b.paper_params, b.conv_macs,
                                                                      b.full_flops)
     assert a.conv_macs == 25 * 33 * (3 + 5 + 6 + 4) * 7
+    # What the layer runs: each input's rows of the kernel at that input's own size.
+    assert a.executed_macs == 7 * sum(h * w * c for _, h, w, c in SHAPES)
+    assert b.executed_macs == b.conv_macs
