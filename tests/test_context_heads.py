@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -266,7 +267,7 @@ def test_counting_walks_the_nested_backbone_and_the_pooling():
     counts = count_named_model("pspnet_gsto_resnet50", K, (64, 64), **TINY)
     model = build("pspnet_gsto_resnet50", K, input_shape=(64, 64, 3), **TINY)
     bn_params = sum(int(np.prod(w.shape)) for layer in model.get_layer("backbone").layers + model.layers
-                    if layer.__class__.__name__ == "BatchNormalization" for w in layer.trainable_weights)
+                    if isinstance(layer, keras.layers.BatchNormalization) for w in layer.trainable_weights)
     assert counts.params == _params(model)
     assert counts.paper_params == _params(model) - bn_params
     # the classifier alone: 16 * K multiply-adds at each of the 8 x 8 stride-8 positions

@@ -17,6 +17,8 @@ The transform runs *before* an upsampling and the pooling *after* the 1x1 transf
 
 import keras
 
+from gsto_tf.layers.batch_norm import FusedBatchNormalization
+
 from gsto_tf.layers.resize import BilinearResize, resize_bilinear, spatial_size
 from gsto_tf.layers.spatial_gate import GATE_STYLES, SpatialGate
 
@@ -120,7 +122,7 @@ class GatedScaleTransfer(keras.layers.Layer):
             name="transform",
         )
         self.bn = (
-            keras.layers.BatchNormalization(
+            FusedBatchNormalization(
                 momentum=0.99, epsilon=1e-5, synchronized=self.sync_batchnorm, dtype=policy, name="bn"
             )
             if self.use_bn

@@ -16,6 +16,8 @@ Sublayer names ``"0"`` (conv) and ``"1"`` (BN) follow the official checkpoint ke
 
 import keras
 
+from gsto_tf.layers.batch_norm import FusedBatchNormalization
+
 GATE_STYLES = ("official", "paper")
 
 
@@ -39,7 +41,7 @@ class SpatialGate(keras.layers.Layer):
         )
         self.bn = None
         if style == "official":
-            self.bn = keras.layers.BatchNormalization(
+            self.bn = FusedBatchNormalization(
                 momentum=0.99, epsilon=1e-5, synchronized=self.sync_batchnorm, dtype=self.dtype_policy, name="1"
             )
 

@@ -8,6 +8,8 @@ the name of the conv they belong to plus a suffix (``.pad``, ``.relu``).
 
 import keras
 
+from gsto_tf.layers.batch_norm import FusedBatchNormalization
+
 BN_MOMENTUM = 0.99  # PyTorch momentum 0.01 (SPEC §3)
 BN_EPSILON = 1e-5
 
@@ -37,7 +39,7 @@ def conv2d(x, filters, kernel_size, name, strides=1, dilation=1, use_bias=False,
 
 
 def batch_norm(x, name, sync=False):
-    return keras.layers.BatchNormalization(
+    return FusedBatchNormalization(
         momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=sync, name=name
     )(x)
 
