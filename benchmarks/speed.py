@@ -100,7 +100,7 @@ def step_functions(name, size, num_classes=19):
 
 
 def tflite_step(name, size, workdir, num_classes=19):
-    """({"infer": callable}, conv multiply-adds) for the fp32 TFLite file of ``name`` on the XNNPACK delegate."""
+    """({"infer": callable}, executed multiply-adds) for the fp32 TFLite file of ``name`` on the XNNPACK delegate."""
     model = build(name, num_classes, input_shape=(*size, 3))
     path = export_tflite(model, os.path.join(workdir, f"{name}.tflite"), size)
     runner = TFLiteRunner(path, num_threads=os.cpu_count())
