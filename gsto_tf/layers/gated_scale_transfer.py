@@ -18,7 +18,6 @@ The transform runs *before* an upsampling and the pooling *after* the 1x1 transf
 import keras
 
 from gsto_tf.layers.batch_norm import FusedBatchNormalization
-
 from gsto_tf.layers.resize import BilinearResize, resize_bilinear, spatial_size
 from gsto_tf.layers.spatial_gate import GATE_STYLES, SpatialGate
 
