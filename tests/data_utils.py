@@ -11,16 +11,22 @@ def write_png(path, array):
     Image.fromarray(np.asarray(array)).save(path)
 
 
-def tiny_cityscapes(root, split="val", n=3, h=20, w=30, seed=0):
-    """Cityscapes layout with raw labelIds drawn from valid ids and void ids."""
+def tiny_cityscapes(root, split="val", n=3, h=20, w=30, seed=0, instances=False):
+    """Cityscapes layout with raw labelIds drawn from valid ids and void ids. ``instances``: also write
+    ``*_gtFine_instanceIds.png`` (16 bit): pixels of instance classes (labelIds 24-33) get ``labelId * 1000 + n``
+    with the instance n given by the column block of 10 pixels, all others their labelId."""
     rng = np.random.default_rng(seed)
-    raw_ids = np.array([0, 1, 7, 8, 11, 23, 26, 33])
+    raw_ids = np.array([0, 1, 7, 8, 11, 23, 24, 26, 29, 33])
     for i in range(n):
         stem = f"aachen_{i:06d}_000019"
         write_png(f"{root}/leftImg8bit/{split}/aachen/{stem}_leftImg8bit.png",
                   rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-        write_png(f"{root}/gtFine/{split}/aachen/{stem}_gtFine_labelIds.png",
-                  raw_ids[rng.integers(0, len(raw_ids), (h, w))].astype(np.uint8))
+        labels = raw_ids[rng.integers(0, len(raw_ids), (h, w))].astype(np.uint8)
+        write_png(f"{root}/gtFine/{split}/aachen/{stem}_gtFine_labelIds.png", labels)
+        if instances:
+            block = np.broadcast_to(np.arange(w) // 10, (h, w))
+            ids = np.where(labels >= 24, labels.astype(np.int64) * 1000 + block, labels).astype(np.uint16)
+            write_png(f"{root}/gtFine/{split}/aachen/{stem}_gtFine_instanceIds.png", ids)
     return root
 
 

@@ -30,6 +30,10 @@ class DatasetSpec:
     base_size: int = 2048
     scale_range: tuple = (0.5, 2.0)
     layout_kind: str = "cityscapes"  # which reader lists the files (gsto_tf.data.layouts)
+    # Instance-level scores (Cityscapes iIoU, SPEC §8): (class name, average instance size in pixels) of the classes
+    # scored per instance, and (category name, class names) of the category-level scores. Empty: not scored.
+    instance_classes: tuple = ()
+    categories: tuple = ()
 
     @property
     def num_classes(self):
@@ -80,6 +84,24 @@ CITYSCAPES_PALETTE = (
 CITYSCAPES_RAW_TO_TRAIN = (
     (7, 0), (8, 1), (11, 2), (12, 3), (13, 4), (17, 5), (19, 6), (20, 7), (21, 8), (22, 9), (23, 10), (24, 11),
     (25, 12), (26, 13), (27, 14), (28, 15), (31, 16), (32, 17), (33, 18),
+)
+
+# The classes cityscapesScripts scores per instance (iIoU), with the average instance size it weights them by
+# (evalPixelLevelSemanticLabeling.py, `avgClassSize`; caravan and trailer are listed there too but are void here).
+CITYSCAPES_INSTANCE_CLASSES = (
+    ("person", 3462.4756337644), ("rider", 3930.4788056518), ("car", 12794.0202738185),
+    ("truck", 27855.1264367816), ("bus", 35732.1511111111), ("train", 67583.7075812274),
+    ("motorcycle", 6298.7200839748), ("bicycle", 4672.3249222261),
+)
+# cityscapesScripts labels.py categories of the 19 evaluated classes ("void" has none of them).
+CITYSCAPES_CATEGORIES = (
+    ("flat", ("road", "sidewalk")),
+    ("construction", ("building", "wall", "fence")),
+    ("object", ("pole", "traffic light", "traffic sign")),
+    ("nature", ("vegetation", "terrain")),
+    ("sky", ("sky",)),
+    ("human", ("person", "rider")),
+    ("vehicle", ("car", "truck", "bus", "train", "motorcycle", "bicycle")),
 )
 
 PASCAL_CONTEXT_CLASSES = (
@@ -143,6 +165,8 @@ _SPECS = {
         crop_size=(512, 1024),
         base_size=2048,
         scale_range=(0.5, 2.1),
+        instance_classes=CITYSCAPES_INSTANCE_CLASSES,
+        categories=CITYSCAPES_CATEGORIES,
     ),
     "pascal_context": DatasetSpec(
         name="pascal_context",
