@@ -40,7 +40,8 @@ def evaluate(model, dataset, spec, *, setting=None, limit=None, progress=True, o
         if instance is not None:
             instance_path = instance_label_path(spec, path)
             if n == 1 and (instance_path is None or not os.path.isfile(instance_path)):
-                print(f"iIoU not computed: no instance-id map for {path} (expected {instance_path})", file=sys.stderr)
+                where = f"expected {instance_path}" if instance_path else "this data source has none"
+                print(f"iIoU not computed: no instance-id map for {path} ({where})", file=sys.stderr)
                 instance = None
             else:
                 instance.update(read_instance_ids(instance_path, label.shape), pred, label_lut)
