@@ -4,6 +4,7 @@ from gsto_tf.evaluation.evaluate import evaluate
 from gsto_tf.evaluation.inference import Predictor
 from gsto_tf.evaluation.metrics import (
     ConfusionMatrixMetric,
+    InstanceStats,
     SegmentationMetrics,
     confusion_matrix,
     confusion_matrix_np,
@@ -12,6 +13,7 @@ from gsto_tf.evaluation.settings import PUBLISHED_TEST_SETTINGS, TestSetting, te
 
 __all__ = [
     "ConfusionMatrixMetric",
+    "InstanceStats",
     "PUBLISHED_TEST_SETTINGS",
     "Predictor",
     "SegmentationMetrics",
