@@ -12,6 +12,7 @@ to no instance, are the plain pixel counts of the confusion matrix.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -126,11 +127,19 @@ class InstanceStats:
             avg_size[list(spec.class_names).index(name)] = size
         return cls(avg_size, category_indices(spec))
 
-    @property
+    @functools.cached_property
     def scored_categories(self):
         """[len(categories)] bool: categories whose classes are all scored per instance."""
         return np.array([all(not np.isnan(self.avg_size[i]) for i in members) for _, members in self.categories],
                         bool)
+
+    @functools.cached_property
+    def _category_of(self):
+        """[K + 1] category index of each class, -1 for none; the extra slot takes predictions outside 0..K-1."""
+        category_of = np.full(len(self.avg_size) + 1, -1, np.int64)
+        for c, (_, members) in enumerate(self.categories):
+            category_of[list(members)] = c
+        return category_of
 
     def update(self, instance_ids, prediction, label_lut):
         """Add one image. ``instance_ids``: Cityscapes instance-id map (``raw label id * 1000 + n`` on instance
@@ -148,7 +157,9 @@ class InstanceStats:
             return
         uniq, inverse = np.unique(ids, return_inverse=True)
         raw = uniq // 1000
-        train = np.where(raw < len(label_lut), np.asarray(label_lut)[np.minimum(raw, len(label_lut) - 1)], -1)
+        lut = np.asarray(label_lut)
+        train = np.full(len(uniq), -1, np.int64)
+        train[raw < len(lut)] = lut[raw[raw < len(lut)]]
         k = len(self.avg_size)
         known = (train >= 0) & (train < k)
         train = np.where(known, train, 0)
@@ -160,9 +171,7 @@ class InstanceStats:
         np.add.at(self.fn, train[scored], ((size - tp) * weight)[scored])
         if not self.categories:
             return
-        category_of = np.full(k + 1, -1, np.int64)  # the extra slot takes predictions outside 0..K-1
-        for c, (_, members) in enumerate(self.categories):
-            category_of[list(members)] = c
+        category_of = self._category_of
         instance_category = category_of[train]
         in_scored_category = scored & (instance_category >= 0)
         in_scored_category[in_scored_category] = self.scored_categories[instance_category[in_scored_category]]
@@ -173,13 +182,9 @@ class InstanceStats:
         np.add.at(self.category_tp, instance_category[sel], (category_tp * weight)[sel])
         np.add.at(self.category_fn, instance_category[sel], ((size - category_tp) * weight)[sel])
 
-    def to_dict(self):
-        return {"tp": self.tp.tolist(), "fn": self.fn.tolist(), "category_tp": self.category_tp.tolist(),
-                "category_fn": self.category_fn.tolist()}
-
 
 def _ratio(numerator, denominator, valid):
-    """numerator / denominator where ``valid`` and the denominator is positive, else NaN."""
+    """numerator / denominator where ``valid`` (a bool array, or True) and the denominator is positive, else NaN."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(valid & (denominator > 0), numerator / np.where(denominator > 0, denominator, 1), np.nan)
 
@@ -215,9 +220,7 @@ class SegmentationMetrics:
     @property
     def per_class_iou(self):
         tp = np.diag(self.confusion).astype(np.float64)
-        union = self.gt_counts + self.pred_counts - tp
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+        return _ratio(tp, self.gt_counts + self.pred_counts - tp, True)
 
     @property
     def false_positives(self):
@@ -235,7 +238,7 @@ class SegmentationMetrics:
     @property
     def miiou(self):
         """Mean iIoU over the classes scored per instance (Cityscapes: "iIoU class"); None without statistics."""
-        return None if self.instance is None else _nanmean(self.per_class_iiou[~np.isnan(self.instance.avg_size)])
+        return None if self.instance is None else _nanmean(self.per_class_iiou)
 
     def _category_pixels(self):
         """(tp, fn, fp) per category: classes of a category pooled, as one class."""
@@ -254,7 +257,7 @@ class SegmentationMetrics:
         if not self.categories:
             return None
         tp, fn, fp = self._category_pixels()
-        return _ratio(tp, tp + fn + fp, np.ones(len(tp), bool))
+        return _ratio(tp, tp + fn + fp, True)
 
     @property
     def category_miou(self):
@@ -271,9 +274,8 @@ class SegmentationMetrics:
 
     @property
     def category_miiou(self):
-        if self.instance is None or not self.categories:
-            return None
-        return _nanmean(self.per_category_iiou[self.instance.scored_categories])
+        iiou = self.per_category_iiou
+        return None if iiou is None else _nanmean(iiou)
 
     @property
     def absent_classes(self):
@@ -282,8 +284,7 @@ class SegmentationMetrics:
 
     @property
     def miou(self):
-        iou = self.per_class_iou
-        return float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float("nan")
+        return _nanmean(self.per_class_iou)
 
     @property
     def pixel_accuracy(self):
@@ -292,10 +293,7 @@ class SegmentationMetrics:
 
     @property
     def mean_accuracy(self):
-        gt = self.gt_counts
-        with np.errstate(invalid="ignore", divide="ignore"):
-            acc = np.where(gt > 0, np.diag(self.confusion) / np.maximum(gt, 1), np.nan)
-        return float(np.nanmean(acc)) if np.any(gt > 0) else float("nan")
+        return _nanmean(_ratio(np.diag(self.confusion).astype(np.float64), self.gt_counts, True))
 
     def to_dict(self):
         def num(v):
