@@ -119,3 +119,10 @@ def run_model_test(model, input_data, tmp_path=None, run_fit=True, build_fn=None
             "no layer computes in bfloat16 under mixed_bfloat16"
         )
     return outputs
+
+
+def pointwise_model(k=4, seed=0):
+    """A 1x1-conv segmentation model with a ``logits`` output: position independent and mirror symmetric."""
+    inp = keras.Input((None, None, 3))
+    conv = keras.layers.Conv2D(k, 1, kernel_initializer=keras.initializers.RandomNormal(seed=seed))
+    return keras.Model(inp, {"logits": conv(inp)})

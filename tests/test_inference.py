@@ -4,13 +4,7 @@ import pytest
 
 from gsto_tf.evaluation import Predictor, SegmentationMetrics, TestSetting, evaluate
 from gsto_tf.data import build_eval_dataset, ensure_synthetic, get_dataset_spec
-
-
-def _pointwise_model(k=4, seed=0):
-    """1x1 conv: position independent and mirror symmetric."""
-    inp = keras.Input((None, None, 3))
-    conv = keras.layers.Conv2D(k, 1, kernel_initializer=keras.initializers.RandomNormal(seed=seed))
-    return keras.Model(inp, {"logits": conv(inp)})
+from helpers import pointwise_model
 
 
 def _image(h, w, seed=0):
@@ -18,7 +12,7 @@ def _image(h, w, seed=0):
 
 
 def test_slide_equals_whole_for_position_independent_model():
-    model = _pointwise_model()
+    model = pointwise_model()
     image = _image(37, 53)
     whole = Predictor(model).scores(image).numpy()
     slide = Predictor(model, mode="slide", crop_size=(16, 24), stride=(10, 14)).scores(image).numpy()
@@ -28,7 +22,7 @@ def test_slide_equals_whole_for_position_independent_model():
 
 
 def test_flip_of_mirror_symmetric_model_equals_plain():
-    model = _pointwise_model()
+    model = pointwise_model()
     image = _image(21, 34)
     np.testing.assert_allclose(Predictor(model, flip=True).scores(image).numpy(),
                                Predictor(model).scores(image).numpy(), atol=1e-5)
@@ -47,7 +41,7 @@ def test_lip_flip_swaps_channels_before_unflipping():
 
 
 def test_multiscale_returns_original_size_on_odd_sizes():
-    model = _pointwise_model()
+    model = pointwise_model()
     yy, xx = np.mgrid[0:37, 0:53] / 9.0  # smooth image: resampling barely changes it
     image = np.stack([np.sin(yy), np.cos(xx), np.sin(xx + yy)], -1).astype("float32")
     predictor = Predictor(model, scales=(0.5, 0.75, 1.0, 1.5), flip=True)
@@ -59,7 +53,7 @@ def test_multiscale_returns_original_size_on_odd_sizes():
 
 
 def test_bad_settings_are_explicit():
-    model = _pointwise_model()
+    model = pointwise_model()
     with pytest.raises(ValueError, match="crop_size"):
         Predictor(model, mode="slide")
     with pytest.raises(ValueError, match="mode"):
@@ -71,7 +65,7 @@ def test_bad_settings_are_explicit():
 def test_evaluate_end_to_end_on_tiny_synthetic(tmp_path):
     root = ensure_synthetic(str(tmp_path), height=32, width=64, train=2, val=3)
     spec = get_dataset_spec("synthetic")
-    metrics = evaluate(_pointwise_model(8), build_eval_dataset("synthetic", root), spec,
+    metrics = evaluate(pointwise_model(8), build_eval_dataset("synthetic", root), spec,
                        setting=TestSetting(scales=(0.75, 1.0), flip=True), progress=False)
     assert isinstance(metrics, SegmentationMetrics)
     assert metrics.confusion.sum() == sum(

@@ -5,10 +5,10 @@ over all labelIds (void rows included), false positives summed over non-void row
 import json
 import os
 
-import keras
 import numpy as np
 import pytest
 from data_utils import tiny_cityscapes, write_png
+from helpers import pointwise_model
 from PIL import Image
 
 from gsto_tf.data import build_eval_dataset, get_dataset_spec
@@ -171,16 +171,10 @@ def test_metrics_output_reports_iiou_and_categories(tmp_path):
     assert without.miiou is None and "iIoU" not in without.to_dict() and "not computed" in without.table()
 
 
-def _pointwise_model(k=19):
-    inp = keras.Input((None, None, 3))
-    conv = keras.layers.Conv2D(k, 1, kernel_initializer=keras.initializers.RandomNormal(seed=0))
-    return keras.Model(inp, {"logits": conv(inp)})
-
-
 def test_evaluate_reads_instance_maps_and_matches_reference(tmp_path):
     root = tiny_cityscapes(str(tmp_path), n=2, instances=True)
     predictions = {}
-    metrics = evaluate(_pointwise_model(), build_eval_dataset("cityscapes", root), SPEC, setting=TestSetting(),
+    metrics = evaluate(pointwise_model(19), build_eval_dataset("cityscapes", root), SPEC, setting=TestSetting(),
                        progress=False, on_prediction=lambda path, pred: predictions.setdefault(path, pred))
     images = []
     for image_path, label_path in list_samples("cityscapes", root, "val"):
@@ -196,14 +190,14 @@ def test_evaluate_reads_instance_maps_and_matches_reference(tmp_path):
 
 def test_evaluate_without_instance_maps_skips_iiou_and_partial_maps_fail(tmp_path, capsys):
     root = tiny_cityscapes(str(tmp_path / "plain"), n=2)
-    metrics = evaluate(_pointwise_model(), build_eval_dataset("cityscapes", root), SPEC, progress=False)
+    metrics = evaluate(pointwise_model(19), build_eval_dataset("cityscapes", root), SPEC, progress=False)
     assert metrics.instance is None and metrics.category_miou is not None
     assert "iIoU not computed" in capsys.readouterr().err
     root = tiny_cityscapes(str(tmp_path / "partial"), n=2, instances=True)
     missing = f"{root}/gtFine/val/aachen/aachen_000001_000019_gtFine_instanceIds.png"
     os.remove(missing)
     with pytest.raises(DatasetError, match="instance-id map not found: .*aachen_000001_000019_gtFine_instanceIds"):
-        evaluate(_pointwise_model(), build_eval_dataset("cityscapes", root), SPEC, progress=False)
+        evaluate(pointwise_model(19), build_eval_dataset("cityscapes", root), SPEC, progress=False)
     write_png(missing, np.zeros((3, 3), np.uint16))
     with pytest.raises(DatasetError, match=r"aachen_000001_000019_gtFine_instanceIds.png: shape \(3, 3\), expected"):
-        evaluate(_pointwise_model(), build_eval_dataset("cityscapes", root), SPEC, progress=False)
+        evaluate(pointwise_model(19), build_eval_dataset("cityscapes", root), SPEC, progress=False)

@@ -173,12 +173,11 @@ class InstanceStats:
             return
         category_of = self._category_of
         instance_category = category_of[train]
-        in_scored_category = scored & (instance_category >= 0)
-        in_scored_category[in_scored_category] = self.scored_categories[instance_category[in_scored_category]]
+        sel = scored & (instance_category >= 0)  # instances of a scored class in a scored category
+        sel[sel] = self.scored_categories[instance_category[sel]]
         pred_category = category_of[np.where((pred >= 0) & (pred < k), pred, k)]
         category_tp = np.bincount(inverse, weights=(pred_category == instance_category[inverse]),
                                   minlength=len(uniq))
-        sel = in_scored_category
         np.add.at(self.category_tp, instance_category[sel], (category_tp * weight)[sel])
         np.add.at(self.category_fn, instance_category[sel], ((size - category_tp) * weight)[sel])
 
