@@ -34,11 +34,30 @@ def test_config_errors_name_the_key(tmp_path):
         make_config("ade20k")
 
 
-def test_gsto_parts_override_reaches_the_model():
-    from gsto_tf.models import build
+def test_model_options_reach_the_built_model():
+    from gsto_tf.training.trainer import build_model
 
-    c = make_config("synthetic", sets=["model.gsto_parts=[fusion_gates, aux_heads]"])
-    assert c.model.gsto_parts == ["fusion_gates", "aux_heads"]
-    model = build(c.model.name, 8, gsto_parts=c.model.gsto_parts)
+    c = make_config("synthetic", sets=["model.options.gsto_parts=[fusion_gates, aux_heads]"])
+    assert c.model.options == {"gsto_parts": ["fusion_gates", "aux_heads"]}
+    model = build_model(c, 8)
     assert sorted(model.output) == ["aux_stage2", "aux_stage3", "logits"]
     assert not [layer for layer in model.layers if layer.name.startswith(("att2.", "att3."))]
+    # Any builder keyword gets through, not only a fixed list: an unknown one is the builder's error.
+    c = make_config("synthetic", sets=["model.name=pspnet_resnet50", "model.options.output_stride=16",
+                                       "model.options.blocks=[1,1,1,1]", "model.options.base_channels=8",
+                                       "model.options.head_channels=8"])
+    model = build_model(c, 3)
+    assert model.output["logits"].shape[-1] == 3
+    assert build_model(c, 3, replicas=2).get_layer("decode_head.bottleneck.bn").synchronized
+
+
+def test_mapping_options_merge_key_by_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model": {"options": {"gate_style": "paper", "gsto_parts": ["aux_heads"]}}}))
+    c = make_config("synthetic", str(path), sets=["model.options.gate_style=official"])
+    assert c.model.options == {"gate_style": "official", "gsto_parts": ["aux_heads"]}
+    assert parse_set(["model.options.a.b=1"]) == {"model": {"options": {"a": {"b": 1}}}}
+    with pytest.raises(ValueError, match="model.options must be a mapping"):
+        make_config("synthetic", sets=["model.options=paper"])
+    with pytest.raises(ValueError, match="empty name"):
+        parse_set(["model..x=1"])

@@ -25,8 +25,10 @@ class DataConfig:
 @dataclasses.dataclass
 class ModelConfig:
     name: str = "gsto_hrnet_w18_small_v2"
-    gate_style: Optional[str] = None  # "official" / "paper"; None = the model's default
-    gsto_parts: Optional[list] = None  # GSTO-HRNet ablations: subset of fusion_gates/aux_heads/transition_gates
+    # Keyword arguments of the model's builder, passed to `build(name, num_classes, **options)` as they are, e.g.
+    # {"gate_style": "paper"} or {"gsto_parts": ["fusion_gates"]} for GSTO-HRNet, {"output_stride": 16} for a
+    # ResNet context head. `sync_batchnorm` is set by the trainer from the number of replicas.
+    options: dict = dataclasses.field(default_factory=dict)
     pretrained: Optional[str] = None  # official ImageNet HRNet .pth / .npz, backbone keys only
 
 
@@ -119,18 +121,34 @@ def _merge(config, overrides, where):
         for key, value in values.items():
             if key not in names:
                 raise ValueError(f"{where}: unknown key {section}.{key}; valid: {sorted(names)}")
+            current = getattr(target, key)
+            if isinstance(current, dict):
+                # Mapping fields (model.options) merge key by key, so a later source changes one option only.
+                if not isinstance(value, dict):
+                    raise ValueError(f"{where}: {section}.{key} must be a mapping, got {value!r}")
+                value = {**current, **value}
             setattr(target, key, value)
 
 
 def parse_set(items):
-    """``["train.lr=0.01", "data.crop_size=[64,64]"]`` -> nested dict; values parsed as YAML scalars/lists."""
+    """``["train.lr=0.01", "model.options.gate_style=paper"]`` -> nested dict; values parsed as YAML.
+
+    A key with more than one dot sets an entry of a mapping field (``model.options.<option>``).
+    """
     out = {}
     for item in items or ():
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ValueError(f"--set: expected section.key=value (e.g. train.lr=0.01), got {item!r}")
         key, value = item.split("=", 1)
-        section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = yaml.safe_load(value)
+        parts = key.split(".")
+        if not all(parts):
+            raise ValueError(f"--set: empty name in {key!r}; expected section.key=value (e.g. train.lr=0.01)")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set: {key!r} sets an entry inside a value that is not a mapping")
+        node[parts[-1]] = yaml.safe_load(value)
     return out
 
 

@@ -59,6 +59,63 @@ def evaluation_setting(config):
     return setting.single_scale() if config.eval.single_scale else setting
 
 
+def build_model(config, num_classes, replicas=1):
+    """``build(config.model.name, num_classes, **config.model.options)``, with synchronized BatchNorm when the
+    batch is split over several replicas (call inside the strategy scope)."""
+    options = dict(config.model.options)
+    options.setdefault("sync_batchnorm", replicas > 1)
+    return build(config.model.name, num_classes, **options)
+
+
+def compile_model(model, config, spec, total_steps):
+    """Compile ``model`` for training as the experiments do: one :class:`SegmentationLoss` per output, weighted as
+    in :mod:`gsto_tf.models.outputs`, and :class:`TorchSGD` with the poly schedule over ``total_steps``.
+
+    Returns the model. Call inside the strategy scope.
+    """
+    optimizer = TorchSGD(poly_schedule(config.train.lr, total_steps, config.train.lr_power),
+                         momentum=config.train.momentum, weight_decay_l2=config.train.weight_decay)
+    names = list(model.output)
+    model.compile(optimizer=optimizer, loss={n: _loss_for(config, spec) for n in names},
+                  loss_weights={n: loss_weight(n) for n in names}, jit_compile=False)
+    return model
+
+
+def _total_steps(config, num_samples):
+    if config.train.steps:
+        return int(config.train.steps)
+    if config.train.epochs:
+        return int(config.train.epochs) * (num_samples // config.train.global_batch_size)
+    raise ValueError("set train.steps or train.epochs")
+
+
+def _callbacks(run_dir, state, nan_guard, run_eval, config):
+    return [
+        nan_guard,
+        LearningRateLogger(),
+        ResumeCallback(state),
+        LatestAndBestCheckpoint(os.path.join(run_dir, "checkpoints"), run_eval, config.train.eval_every,
+                                os.path.join(run_dir, "logs")),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), update_freq="epoch", write_graph=False),
+    ]
+
+
+def _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks):
+    """Write ``final.keras``; evaluate, save the metrics and make sure a ``best.keras`` exists."""
+    checkpoints = os.path.join(run_dir, "checkpoints")
+    save_model_atomically(model, os.path.join(checkpoints, "final.keras"))
+    if not evaluate_at_end:
+        return None
+    metrics = run_eval(model)
+    metrics.save(os.path.join(run_dir, "eval"), "metrics")
+    print(metrics.table())
+    copy_if_missing(os.path.join(checkpoints, "final.keras"), os.path.join(checkpoints, "best.keras"))
+    with tf.summary.create_file_writer(os.path.join(run_dir, "logs")).as_default():
+        tf.summary.scalar("val_miou", metrics.miou, step=num_chunks)
+    return metrics
+
+
 def train(config, run_dir, evaluate_at_end=True, verbose=1):
     """Train ``config`` (an :class:`~gsto_tf.training.config.ExperimentConfig`) in ``run_dir``; resumes from
     ``run_dir/backup`` when a previous run of the same command was interrupted."""
@@ -77,13 +134,7 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
     global_batch = config.train.global_batch_size
     if global_batch % replicas:
         raise ValueError(f"train.global_batch_size={global_batch} is not divisible by {replicas} replicas")
-    steps_per_epoch = len(samples) // global_batch
-    if config.train.steps:
-        total_steps = int(config.train.steps)
-    elif config.train.epochs:
-        total_steps = int(config.train.epochs) * steps_per_epoch
-    else:
-        raise ValueError("set train.steps or train.epochs")
+    total_steps = _total_steps(config, len(samples))
     chunk = _chunking(total_steps, config.train.checkpoint_every)
     num_chunks = total_steps // chunk
     print(f"training {config.model.name} on {spec.name} ({len(samples)} images): {total_steps} steps, "
@@ -91,29 +142,20 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
           f"[{type(strategy).__name__}], backups every {chunk} steps")
 
     with strategy.scope():
-        options = {"sync_batchnorm": replicas > 1}
-        if config.model.gate_style is not None:
-            options["gate_style"] = config.model.gate_style
-        if config.model.gsto_parts is not None:
-            options["gsto_parts"] = list(config.model.gsto_parts)
-        model = build(config.model.name, spec.num_classes, **options)
-        optimizer = TorchSGD(poly_schedule(config.train.lr, total_steps, config.train.lr_power),
-                             momentum=config.train.momentum, weight_decay_l2=config.train.weight_decay)
-        names = list(model.output)
-        model.compile(optimizer=optimizer, loss={n: _loss_for(config, spec) for n in names},
-                      loss_weights={n: loss_weight(n) for n in names}, jit_compile=False)
+        model = compile_model(build_model(config, spec.num_classes, replicas), config, spec, total_steps)
     if config.model.pretrained:
         report = load_torch_weights(model, config.model.pretrained, backbone_only=True)
         print(report.summary())
 
-    state = ResumeState(os.path.join(run_dir, "backup"), model, optimizer)
-    initial_chunk = state.restore(model, optimizer)
+    state = ResumeState(os.path.join(run_dir, "backup"), model, model.optimizer)
+    initial_chunk = state.restore(model, model.optimizer)
     if initial_chunk:
         print(f"resuming from step {initial_chunk * chunk} (backup in {run_dir}/backup)")
 
     ds = build_train_dataset(spec.name, data_dir, global_batch_size=global_batch, seed=config.train.seed,
                              crop_size=config.data.crop_size, scale_range=config.data.scale_range,
                              photometric=config.data.photometric, start_step=initial_chunk * chunk)
+    names = list(model.output)
     ds = ds.map(lambda x, y: (x, {n: y for n in names}))
 
     setting = evaluation_setting(config)
@@ -123,30 +165,13 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
                         limit=config.eval.limit, progress=verbose > 0)
 
     nan_guard = NaNGuard(chunk, initial_chunk)
-    checkpoints = os.path.join(run_dir, "checkpoints")
-    callbacks = [
-        nan_guard,
-        LearningRateLogger(),
-        ResumeCallback(state),
-        LatestAndBestCheckpoint(checkpoints, run_eval, config.train.eval_every, os.path.join(run_dir, "logs")),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), update_freq="epoch", write_graph=False),
-    ]
     history = None
     if initial_chunk < num_chunks:
         history = model.fit(ds, epochs=num_chunks, steps_per_epoch=chunk, initial_epoch=initial_chunk, shuffle=False,
-                            callbacks=callbacks, verbose=verbose)
+                            callbacks=_callbacks(run_dir, state, nan_guard, run_eval, config), verbose=verbose)
     final_loss = float(history.history["loss"][-1]) if history and history.history.get("loss") else float("nan")
     if nan_guard.failed_step is not None:
         return TrainResult(run_dir, nan_guard.failed_step, final_loss, None, time.time() - start,
                            stopped_on_nan_at=nan_guard.failed_step)
-    save_model_atomically(model, os.path.join(checkpoints, "final.keras"))
-    metrics = None
-    if evaluate_at_end:
-        metrics = run_eval(model)
-        metrics.save(os.path.join(run_dir, "eval"), "metrics")
-        print(metrics.table())
-        copy_if_missing(os.path.join(checkpoints, "final.keras"), os.path.join(checkpoints, "best.keras"))
-        with tf.summary.create_file_writer(os.path.join(run_dir, "logs")).as_default():
-            tf.summary.scalar("val_miou", metrics.miou, step=num_chunks)
+    metrics = _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks)
     return TrainResult(run_dir, total_steps, final_loss, metrics, time.time() - start)
