@@ -1,5 +1,6 @@
 """Runs that survive: a training process killed with SIGKILL and restarted ends with the same weights."""
 
+import csv
 import os
 import signal
 import subprocess
@@ -57,3 +58,13 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     assert "resuming from step" in out.stdout
     for a, b in zip(_weights(reference), _weights(killed)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    # One history row per chunk, none lost or repeated by the kill, the same losses as the uninterrupted run.
+    history = [_history(run) for run in (reference, killed)]
+    assert [row["chunk"] for row in history[1]] == ["1", "2", "3", "4"]
+    np.testing.assert_allclose([float(r["loss"]) for r in history[1]], [float(r["loss"]) for r in history[0]],
+                               rtol=1e-5)
+
+
+def _history(run_dir):
+    with open(os.path.join(run_dir, "history.csv"), newline="") as f:
+        return list(csv.DictReader(f))

@@ -2,6 +2,7 @@
 
 import datetime
 import os
+import sys
 
 from gsto_tf.data import DatasetError
 from gsto_tf.training.config import RECIPES, make_config
@@ -46,19 +47,29 @@ def config_from_args(args):
     return make_config(args.dataset, args.config, overrides, args.set)
 
 
+def _fail(message):
+    """One line on stderr, exit status 2: bad input, not a crash."""
+    print(message, file=sys.stderr)
+    return 2
+
+
 def main(args):
+    from gsto_tf.atomic import StorageError
+    from gsto_tf.training.run_dir import RunDirError
     from gsto_tf.training.trainer import train
 
     try:
         config = config_from_args(args)
     except ValueError as exc:
-        raise SystemExit(f"config error: {exc}") from None
+        return _fail(f"config error: {exc}")
     run_dir = args.run_dir or os.path.join(
         "runs", f"{config.data.dataset}-{config.model.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     try:
         result = train(config, run_dir, evaluate_at_end=not args.no_eval)
     except DatasetError as exc:
-        raise SystemExit(f"no training data: {exc}") from None
+        return _fail(f"no training data: {exc}")
+    except (RunDirError, StorageError) as exc:
+        return _fail(str(exc))
     if result.stopped_on_nan_at is not None:
         return 3
     print(f"run dir: {result.run_dir} ({result.seconds / 60:.1f} min)")

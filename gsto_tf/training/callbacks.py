@@ -1,5 +1,14 @@
-"""Callbacks that make runs survive: exact resume, atomic latest/best checkpoints, NaN guard, lr logging."""
+"""Callbacks that make runs survive: exact resume, atomic latest/best checkpoints, NaN guard, lr logging.
 
+A run is trained in chunks (one Keras "epoch" each). At the end of a chunk the callbacks run in this order:
+``latest.keras``; every ``eval_every`` chunks an evaluation and ``best.keras`` when it beats the best so far; the
+``history.csv`` row; last, the resumable backup, which *commits* the chunk. A run killed anywhere restarts at the
+last committed chunk and redoes the rest exactly (same batches, same weights), so nothing is lost or counted
+twice. A chunk that ended because training stopped (a non-finite loss) is not committed.
+"""
+
+import csv
+import io
 import math
 import os
 import shutil
@@ -7,7 +16,7 @@ import shutil
 import keras
 import tensorflow as tf
 
-from gsto_tf.atomic import write_atomically
+from gsto_tf.atomic import storage_errors, write_atomically
 
 
 def save_model_atomically(model, path):
@@ -16,38 +25,102 @@ def save_model_atomically(model, path):
 
 
 class ResumeState:
-    """Model + optimizer + completed-chunk counter in a tf.train.Checkpoint (written atomically by TF).
+    """Model + optimizer + completed-chunk counter + best validation mIoU in a tf.train.Checkpoint.
 
     Training runs in chunks of ``checkpoint_every`` steps (Keras "epochs"); the state is saved at each chunk end,
-    so a killed run restarts at the last chunk boundary with the same weights, optimizer slots, iteration count
-    and — through the step-indexed data pipeline — the same next batches.
+    so a killed run restarts at the last chunk boundary with the same weights, optimizer slots, iteration count,
+    best-so-far metric and — through the step-indexed data pipeline — the same next batches.
     """
 
     def __init__(self, directory, model, optimizer):
+        self.directory = directory
         self.chunk = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_chunks")
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, completed_chunks=self.chunk)
+        # -1: no evaluation yet. Restored on resume, so best.keras is only ever replaced by a better model.
+        self.best_miou = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_miou")
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, completed_chunks=self.chunk,
+                                              best_miou=self.best_miou)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
 
     def restore(self, model, optimizer):
-        """Restore the latest state; returns the number of completed chunks (0 for a fresh run)."""
+        """Restore the latest state; returns the number of completed chunks (0 for a fresh run).
+
+        Also deletes what a save killed half-way left behind (TensorFlow writes ``ckpt-N_temp*`` folders first).
+        """
+        self.remove_partial_saves()
         if not self.manager.latest_checkpoint:
             return 0
         optimizer.build(model.trainable_variables)
         self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
         return int(self.chunk.numpy())
 
+    def remove_partial_saves(self):
+        if not os.path.isdir(self.directory):
+            return
+        for name in os.listdir(self.directory):
+            path = os.path.join(self.directory, name)
+            if "_temp" in name and name.startswith("ckpt-") and os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+
     def save(self, completed_chunks):
         self.chunk.assign(completed_chunks)
-        self.manager.save()
+        try:
+            with storage_errors(f"the resumable backup in {self.directory}"):
+                self.manager.save()
+        except Exception:
+            self.remove_partial_saves()
+            raise
 
 
 class ResumeCallback(keras.callbacks.Callback):
+    """Commits a chunk (saves the resumable state); the last of the chunk-end callbacks."""
+
     def __init__(self, state):
         super().__init__()
         self.state = state
 
     def on_epoch_end(self, epoch, logs=None):
-        self.state.save(epoch + 1)
+        if not self.model.stop_training:
+            self.state.save(epoch + 1)
+
+
+class HistoryLog(keras.callbacks.Callback):
+    """``history.csv``: one row per committed chunk (``chunk``, ``step``, the logs), across resumes.
+
+    Keras' CSVLogger fixes its columns at the first epoch (dropping a ``val_miou`` that appears later) and appends
+    the rows of chunks a resumed run redoes a second time. Here rows of chunks that will be redone are dropped at
+    start, columns are the union of all logs, and the file is rewritten atomically at each chunk end.
+    """
+
+    def __init__(self, path, steps_per_chunk, initial_chunk=0):
+        super().__init__()
+        self.path = path
+        self.steps_per_chunk = steps_per_chunk
+        self.rows = [r for r in self._read(path) if int(r["chunk"]) <= initial_chunk]
+
+    @staticmethod
+    def _read(path):
+        if not os.path.isfile(path):
+            return []
+        with open(path, newline="") as f:
+            return [row for row in csv.DictReader(f) if row.get("chunk", "").isdigit()]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training:
+            return
+        row = {"chunk": epoch + 1, "step": (epoch + 1) * self.steps_per_chunk}
+        row.update({k: float(v) for k, v in (logs or {}).items()})
+        self.rows.append(row)
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(self.rows)
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                f.write(text.getvalue())
+
+        write_atomically(self.path, write)
 
 
 class NaNGuard(keras.callbacks.Callback):
@@ -84,17 +157,22 @@ class LearningRateLogger(keras.callbacks.Callback):
 
 
 class LatestAndBestCheckpoint(keras.callbacks.Callback):
-    """``latest.keras`` after every chunk; every ``eval_every`` chunks an evaluation and ``best.keras``."""
+    """``latest.keras`` after every chunk; every ``eval_every`` chunks an evaluation and ``best.keras``.
 
-    def __init__(self, directory, evaluate_fn=None, eval_every=0, writer_dir=None):
+    The best-so-far mIoU lives in ``state.best_miou`` (a :class:`ResumeState`), so it survives a resume.
+    """
+
+    def __init__(self, directory, state, evaluate_fn=None, eval_every=0, writer_dir=None):
         super().__init__()
         self.directory = directory
+        self.state = state
         self.evaluate_fn = evaluate_fn
         self.eval_every = eval_every
-        self.best = -1.0
         self.writer = tf.summary.create_file_writer(writer_dir) if writer_dir else None
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training:
+            return
         save_model_atomically(self.model, os.path.join(self.directory, "latest.keras"))
         if self.evaluate_fn is not None and self.eval_every and (epoch + 1) % self.eval_every == 0:
             metrics = self.evaluate_fn(self.model)
@@ -103,11 +181,13 @@ class LatestAndBestCheckpoint(keras.callbacks.Callback):
             if self.writer is not None:
                 with self.writer.as_default():
                     tf.summary.scalar("val_miou", metrics.miou, step=epoch + 1)
-            if metrics.miou > self.best:
-                self.best = metrics.miou
-                save_model_atomically(self.model, os.path.join(self.directory, "best.keras"))
+            keep_if_best(self.model, metrics.miou, self.state, os.path.join(self.directory, "best.keras"))
 
 
-def copy_if_missing(src, dst):
-    if os.path.exists(src) and not os.path.exists(dst):
-        write_atomically(dst, lambda tmp: shutil.copyfile(src, tmp))
+def keep_if_best(model, miou, state, path):
+    """Save ``model`` to ``path`` when ``miou`` beats ``state.best_miou`` (or no best file exists yet)."""
+    if miou > float(state.best_miou.numpy()) or not os.path.exists(path):
+        save_model_atomically(model, path)
+        state.best_miou.assign(max(miou, float(state.best_miou.numpy())))
+        return True
+    return False

@@ -5,7 +5,10 @@ The resolved config is written to ``<run_dir>/config.yaml``.
 """
 
 import dataclasses
+import difflib
+import math
 import os
+import typing
 from typing import Optional
 
 import yaml
@@ -152,6 +155,137 @@ def parse_set(items):
     return out
 
 
+class ConfigError(ValueError):
+    """A configuration value has the wrong type or range; the message names every offending key."""
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _coerce(key, value, annotation):
+    """``value`` as the field's type, or a problem sentence. YAML 1.1 reads ``1e-3`` as a string, so numeric strings
+    are accepted for float fields; ints are never silently truncated."""
+    optional = typing.get_origin(annotation) is typing.Union and type(None) in typing.get_args(annotation)
+    if optional:
+        if value is None:
+            return None, None
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if annotation is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                return None, f"{key} must be a number, got {value!r}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return None, f"{key} must be a finite number, got {value!r}"
+        return float(value), None
+    if annotation is int:
+        if not _is_int(value):
+            return None, f"{key} must be an integer, got {value!r}"
+        return value, None
+    if annotation is bool:
+        if not isinstance(value, bool):
+            return None, f"{key} must be true or false, got {value!r}"
+        return value, None
+    if annotation is str:
+        if not isinstance(value, str) or not value:
+            return None, f"{key} must be a non-empty string, got {value!r}"
+        return value, None
+    if annotation in (list, dict):
+        if not isinstance(value, annotation):
+            return None, f"{key} must be a {'list' if annotation is list else 'mapping'}, got {value!r}"
+        return value, None
+    raise TypeError(f"no type rule for config field {key} ({annotation})")
+
+
+def _pair(key, value, positive_ints):
+    if value is None:
+        return None
+    ok = isinstance(value, list) and len(value) == 2
+    if positive_ints:
+        ok = ok and all(_is_int(v) and v > 0 for v in value)
+        return None if ok else f"{key} must be two positive integers [h, w], got {value!r}"
+    ok = ok and all(not isinstance(v, bool) and isinstance(v, (int, float)) for v in value)
+    ok = ok and 0 < value[0] <= value[1]
+    return None if ok else f"{key} must be [lo, hi] with 0 < lo <= hi, got {value!r}"
+
+
+def _range_problems(config):
+    """Range rules of the fields whose type is already right: (key, ok, what is expected)."""
+    from gsto_tf.training.distribute import STRATEGIES
+
+    t, d, e = config.train, config.data, config.eval
+    rules = [
+        ("train.global_batch_size", t.global_batch_size >= 1, "an integer >= 1"),
+        ("train.lr", t.lr > 0, "a positive number"),
+        ("train.weight_decay", t.weight_decay >= 0, "a number >= 0"),
+        ("train.momentum", 0 <= t.momentum < 1, "a number in [0, 1)"),
+        ("train.lr_power", t.lr_power >= 0, "a number >= 0"),
+        ("train.epochs", t.epochs is None or t.epochs >= 1, "an integer >= 1 (or null)"),
+        ("train.steps", t.steps is None or t.steps >= 1, "an integer >= 1 (or null)"),
+        ("train.ohem_thresh", 0 < t.ohem_thresh <= 1, "a probability in (0, 1]"),
+        ("train.ohem_min_kept", t.ohem_min_kept >= 1, "an integer >= 1"),
+        ("train.seed", t.seed >= 0, "an integer >= 0"),
+        ("train.mixed_precision", t.mixed_precision in (None, "mixed_bfloat16", "mixed_float16"),
+         "null, mixed_bfloat16 or mixed_float16"),
+        ("train.strategy", t.strategy in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
+        ("train.checkpoint_every", t.checkpoint_every >= 1, "an integer >= 1"),
+        ("train.eval_every", t.eval_every >= 0, "an integer >= 0"),
+        ("eval.limit", e.limit is None or e.limit >= 1, "an integer >= 1 (or null)"),
+    ]
+    problems = [f"{key} must be {expected}, got {_get(config, key)!r}" for key, ok, expected in rules if not ok]
+    if t.steps is None and t.epochs is None:
+        problems.append("train.steps or train.epochs must be set")
+    problems += [p for p in (_pair("data.crop_size", d.crop_size, True), _pair("data.scale_range", d.scale_range,
+                                                                                  False)) if p]
+    if not all(isinstance(k, str) for k in config.model.options):
+        problems.append(f"model.options must map option names to values, got {config.model.options!r}")
+    return problems
+
+
+def _get(config, key):
+    section, name = key.split(".", 1)
+    return getattr(getattr(config, section), name)
+
+
+def validate_config(config):
+    """Check (and normalise) every value's type and range, the dataset, the model name and the pretrained file.
+
+    Raises :class:`ConfigError` naming every offending key, before anything is built or written.
+    """
+    problems = []
+    for section in dataclasses.fields(config):
+        target = getattr(config, section.name)
+        hints = typing.get_type_hints(type(target))
+        for field in dataclasses.fields(target):
+            key = f"{section.name}.{field.name}"
+            value, problem = _coerce(key, getattr(target, field.name), hints[field.name])
+            if problem:
+                problems.append(problem)
+            else:
+                setattr(target, field.name, value)
+    if problems:  # range rules need the right types
+        raise ConfigError("; ".join(problems))
+    problems = _range_problems(config)
+    from gsto_tf.data.registry import available_datasets
+
+    if config.data.dataset not in available_datasets():
+        problems.append(f"data.dataset: unknown dataset {config.data.dataset!r}; valid: "
+                        f"{', '.join(available_datasets())}")
+    from gsto_tf.models import available_models
+
+    if config.model.name not in available_models():
+        close = difflib.get_close_matches(config.model.name, available_models(), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        problems.append(f"model.name: unknown model {config.model.name!r}; {hint}`counts --all` lists every name")
+    if config.model.pretrained is not None and not os.path.isfile(config.model.pretrained):
+        problems.append(f"model.pretrained: file not found: {config.model.pretrained}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return config
+
+
 def make_config(dataset="synthetic", yaml_path=None, overrides=None, sets=None):
     """Recipe of ``dataset``, then the YAML file, then ``overrides`` (a nested dict), then ``--set`` items."""
     if dataset not in RECIPES:
@@ -170,4 +304,4 @@ def make_config(dataset="synthetic", yaml_path=None, overrides=None, sets=None):
         _merge(config, overrides, "command line")
     if sets:
         _merge(config, parse_set(sets), "--set")
-    return config
+    return validate_config(config)

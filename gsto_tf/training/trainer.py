@@ -12,17 +12,20 @@ from gsto_tf.evaluation import evaluate, test_setting
 from gsto_tf.models import build, inference_model, load_torch_weights
 from gsto_tf.models.outputs import loss_weight
 from gsto_tf.training.callbacks import (
+    HistoryLog,
     LatestAndBestCheckpoint,
     LearningRateLogger,
     NaNGuard,
     ResumeCallback,
     ResumeState,
-    copy_if_missing,
+    keep_if_best,
     save_model_atomically,
 )
+from gsto_tf.training.config import validate_config
 from gsto_tf.training.distribute import make_strategy
 from gsto_tf.training.losses import CITYSCAPES_CLASS_WEIGHTS, SegmentationLoss
 from gsto_tf.training.optimizer import TorchSGD, poly_schedule
+from gsto_tf.training.run_dir import claim_run_dir
 
 
 @dataclasses.dataclass
@@ -89,20 +92,22 @@ def _total_steps(config, num_samples):
     raise ValueError("set train.steps or train.epochs")
 
 
-def _callbacks(run_dir, state, nan_guard, run_eval, config):
+def _callbacks(run_dir, state, nan_guard, run_eval, config, chunk, initial_chunk):
+    # Order matters: the chunk-end callbacks write their files first; ResumeCallback, last, commits the chunk.
     return [
         nan_guard,
         LearningRateLogger(),
-        ResumeCallback(state),
-        LatestAndBestCheckpoint(os.path.join(run_dir, "checkpoints"), run_eval, config.train.eval_every,
+        LatestAndBestCheckpoint(os.path.join(run_dir, "checkpoints"), state, run_eval, config.train.eval_every,
                                 os.path.join(run_dir, "logs")),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
+        HistoryLog(os.path.join(run_dir, "history.csv"), chunk, initial_chunk),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), update_freq="epoch", write_graph=False),
+        ResumeCallback(state),
     ]
 
 
-def _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks):
-    """Write ``final.keras``; evaluate, save the metrics and make sure a ``best.keras`` exists."""
+def _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks, state):
+    """Write ``final.keras``; evaluate, save the metrics, and keep the final model as ``best.keras`` when it beats
+    the best periodic evaluation (or none was made)."""
     checkpoints = os.path.join(run_dir, "checkpoints")
     save_model_atomically(model, os.path.join(checkpoints, "final.keras"))
     if not evaluate_at_end:
@@ -110,7 +115,7 @@ def _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks):
     metrics = run_eval(model)
     metrics.save(os.path.join(run_dir, "eval"), "metrics")
     print(metrics.table())
-    copy_if_missing(os.path.join(checkpoints, "final.keras"), os.path.join(checkpoints, "best.keras"))
+    keep_if_best(model, metrics.miou, state, os.path.join(checkpoints, "best.keras"))
     with tf.summary.create_file_writer(os.path.join(run_dir, "logs")).as_default():
         tf.summary.scalar("val_miou", metrics.miou, step=num_chunks)
     return metrics
@@ -118,13 +123,17 @@ def _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks):
 
 def train(config, run_dir, evaluate_at_end=True, verbose=1):
     """Train ``config`` (an :class:`~gsto_tf.training.config.ExperimentConfig`) in ``run_dir``; resumes from
-    ``run_dir/backup`` when a previous run of the same command was interrupted."""
+    ``run_dir/backup`` when a previous run of the same configuration was interrupted.
+
+    An existing ``run_dir`` must hold a run of the same configuration (see :func:`~gsto_tf.training.run_dir.
+    claim_run_dir`); a different one is refused before anything is written.
+    """
     start = time.time()
+    validate_config(config)
     spec = get_dataset_spec(config.data.dataset)
     data_dir = resolve_data_dir(spec.name, config.data.data_dir)
     samples = list_samples(spec.name, data_dir, "train")  # fails here, with the expected layout, if data is missing
-    os.makedirs(run_dir, exist_ok=True)
-    config.save(os.path.join(run_dir, "config.yaml"))
+    claim_run_dir(run_dir, config)
 
     keras.utils.set_random_seed(config.train.seed)
     if config.train.mixed_precision:
@@ -167,11 +176,12 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
     nan_guard = NaNGuard(chunk, initial_chunk)
     history = None
     if initial_chunk < num_chunks:
+        callbacks = _callbacks(run_dir, state, nan_guard, run_eval, config, chunk, initial_chunk)
         history = model.fit(ds, epochs=num_chunks, steps_per_epoch=chunk, initial_epoch=initial_chunk, shuffle=False,
-                            callbacks=_callbacks(run_dir, state, nan_guard, run_eval, config), verbose=verbose)
+                            callbacks=callbacks, verbose=verbose)
     final_loss = float(history.history["loss"][-1]) if history and history.history.get("loss") else float("nan")
     if nan_guard.failed_step is not None:
         return TrainResult(run_dir, nan_guard.failed_step, final_loss, None, time.time() - start,
                            stopped_on_nan_at=nan_guard.failed_step)
-    metrics = _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks)
+    metrics = _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks, state)
     return TrainResult(run_dir, total_steps, final_loss, metrics, time.time() - start)
