@@ -5,6 +5,8 @@ auxiliary predictions used only for training (deep supervision). Keeping names a
 models, the loss and the docs cannot disagree.
 """
 
+import keras
+
 FINAL_LOGITS = "logits"
 
 # GSTO-HRNet (SPEC §2): loss = CE(final) + 0.5 CE(stage-3 aux) + 0.3 CE(stage-2 aux).
@@ -35,3 +37,12 @@ def loss_weight(output_name):
             f"no loss weight registered for model output '{output_name}'; "
             f"known outputs: {sorted(AUX_LOSS_WEIGHTS)} (see gsto_tf/models/outputs.py)"
         ) from None
+
+
+def logits_dtype():
+    """dtype of the layers that produce logits, from the global dtype policy at build time.
+
+    float32, also under a mixed-precision policy (a stable softmax and loss), unless the policy keeps its variables
+    in float64: a float64 model keeps float64 logits.
+    """
+    return "float64" if keras.config.dtype_policy().variable_dtype == "float64" else "float32"

@@ -69,10 +69,17 @@ def build_model(config, num_classes, replicas=1):
 
 def compile_model(model, config, spec, total_steps):
     """Compile ``model`` for training as the experiments do: one :class:`SegmentationLoss` per output, weighted as
-    in :mod:`gsto_tf.models.outputs`, and :class:`TorchSGD` with the poly schedule over ``total_steps``.
+    in :mod:`gsto_tf.models.outputs`, and :class:`TorchSGD` with the poly schedule over ``total_steps`` (HRNet's
+    order: :class:`~gsto_tf.training.optimizer.PolyDecay`; ``train.lr_power=0`` gives a constant lr).
 
-    Returns the model. Call inside the strategy scope.
+    A float64 model (``build(..., dtype="float64")``) trains in float64 only with ``keras.config.floatx()`` set to
+    ``"float64"``: Keras' compiled loss casts every output's loss to floatx. Returns the model. Call inside the
+    strategy scope.
     """
+    if any(v.dtype == "float64" for v in model.trainable_weights) and keras.config.floatx() != "float64":
+        raise ValueError(f"compile_model: model '{model.name}' has float64 weights but keras.config.floatx() is "
+                         f"{keras.config.floatx()!r}; call keras.config.set_floatx('float64') before compiling, or "
+                         "Keras casts its losses (and so the gradients) to float32")
     optimizer = TorchSGD(poly_schedule(config.train.lr, total_steps, config.train.lr_power),
                          momentum=config.train.momentum, weight_decay_l2=config.train.weight_decay)
     names = list(model.output)
