@@ -1,5 +1,6 @@
 """Callbacks that make runs survive: exact resume, atomic latest/best checkpoints, NaN guard, lr logging."""
 
+import contextlib
 import math
 import os
 import shutil
@@ -84,28 +85,35 @@ class LearningRateLogger(keras.callbacks.Callback):
 
 
 class LatestAndBestCheckpoint(keras.callbacks.Callback):
-    """``latest.keras`` after every chunk; every ``eval_every`` chunks an evaluation and ``best.keras``."""
+    """``latest.keras`` after every chunk; every ``eval_every`` chunks an evaluation and ``best.keras``.
 
-    def __init__(self, directory, evaluate_fn=None, eval_every=0, writer_dir=None):
+    ``eval_context``: optional ``model -> context manager`` entered around each evaluation and its ``best.keras``
+    save (PreciseBN: :func:`gsto_tf.training.precise_bn.precise_bn_applied` re-estimates the BN statistics for them
+    and restores the training ones afterwards, so training and its backups do not depend on evaluations).
+    """
+
+    def __init__(self, directory, evaluate_fn=None, eval_every=0, writer_dir=None, eval_context=None):
         super().__init__()
         self.directory = directory
         self.evaluate_fn = evaluate_fn
         self.eval_every = eval_every
+        self.eval_context = eval_context
         self.best = -1.0
         self.writer = tf.summary.create_file_writer(writer_dir) if writer_dir else None
 
     def on_epoch_end(self, epoch, logs=None):
         save_model_atomically(self.model, os.path.join(self.directory, "latest.keras"))
         if self.evaluate_fn is not None and self.eval_every and (epoch + 1) % self.eval_every == 0:
-            metrics = self.evaluate_fn(self.model)
+            with self.eval_context(self.model) if self.eval_context else contextlib.nullcontext():
+                metrics = self.evaluate_fn(self.model)
+                if metrics.miou > self.best:
+                    self.best = metrics.miou
+                    save_model_atomically(self.model, os.path.join(self.directory, "best.keras"))
             if logs is not None:
                 logs["val_miou"] = metrics.miou
             if self.writer is not None:
                 with self.writer.as_default():
                     tf.summary.scalar("val_miou", metrics.miou, step=epoch + 1)
-            if metrics.miou > self.best:
-                self.best = metrics.miou
-                save_model_atomically(self.model, os.path.join(self.directory, "best.keras"))
 
 
 def copy_if_missing(src, dst):

@@ -1,5 +1,14 @@
-"""Training with ``model.fit`` under a tf.distribute strategy, resumable, then evaluation."""
+"""Training with ``model.fit`` under a tf.distribute strategy, resumable, then evaluation.
 
+With ``eval.precise_bn_batches = N > 0`` the BN statistics are re-estimated (PreciseBN,
+:mod:`gsto_tf.training.precise_bn`) over N augmented training batches, the weights frozen: for each periodic
+evaluation and its ``best.keras`` (then the training statistics are put back, so training and its resumable
+backups never depend on evaluations), and once at the end, before ``final.keras`` is written and evaluated. The
+batches are those that would follow the last training step in the training order (same seed and augmentation),
+so a resumed run re-estimates from the same batches and ends with the same weights.
+"""
+
+import contextlib
 import dataclasses
 import os
 import time
@@ -23,6 +32,7 @@ from gsto_tf.training.callbacks import (
 from gsto_tf.training.distribute import make_strategy
 from gsto_tf.training.losses import CITYSCAPES_CLASS_WEIGHTS, SegmentationLoss
 from gsto_tf.training.optimizer import TorchSGD, poly_schedule
+from gsto_tf.training.precise_bn import precise_bn, precise_bn_applied
 
 
 @dataclasses.dataclass
@@ -96,21 +106,24 @@ def _total_steps(config, num_samples):
     raise ValueError("set train.steps or train.epochs")
 
 
-def _callbacks(run_dir, state, nan_guard, run_eval, config):
+def _callbacks(run_dir, state, nan_guard, run_eval, config, eval_context=None):
     return [
         nan_guard,
         LearningRateLogger(),
         ResumeCallback(state),
         LatestAndBestCheckpoint(os.path.join(run_dir, "checkpoints"), run_eval, config.train.eval_every,
-                                os.path.join(run_dir, "logs")),
+                                os.path.join(run_dir, "logs"), eval_context=eval_context),
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), update_freq="epoch", write_graph=False),
     ]
 
 
-def _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks):
-    """Write ``final.keras``; evaluate, save the metrics and make sure a ``best.keras`` exists."""
+def _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks, before_save=None):
+    """``before_save(model)`` (PreciseBN), then write ``final.keras``; evaluate, save the metrics and make sure a
+    ``best.keras`` exists."""
     checkpoints = os.path.join(run_dir, "checkpoints")
+    if before_save is not None:
+        before_save(model)
     save_model_atomically(model, os.path.join(checkpoints, "final.keras"))
     if not evaluate_at_end:
         return None
@@ -142,6 +155,9 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
     if global_batch % replicas:
         raise ValueError(f"train.global_batch_size={global_batch} is not divisible by {replicas} replicas")
     total_steps = _total_steps(config, len(samples))
+    precise_bn_batches = int(config.eval.precise_bn_batches or 0)
+    if precise_bn_batches < 0:
+        raise ValueError(f"eval.precise_bn_batches must be >= 0 (0 = off), got {precise_bn_batches}")
     chunk = _chunking(total_steps, config.train.checkpoint_every)
     num_chunks = total_steps // chunk
     print(f"training {config.model.name} on {spec.name} ({len(samples)} images): {total_steps} steps, "
@@ -159,9 +175,12 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
     if initial_chunk:
         print(f"resuming from step {initial_chunk * chunk} (backup in {run_dir}/backup)")
 
-    ds = build_train_dataset(spec.name, data_dir, global_batch_size=global_batch, seed=config.train.seed,
-                             crop_size=config.data.crop_size, scale_range=config.data.scale_range,
-                             photometric=config.data.photometric, start_step=initial_chunk * chunk)
+    def train_batches(start_step):
+        return build_train_dataset(spec.name, data_dir, global_batch_size=global_batch, seed=config.train.seed,
+                                   crop_size=config.data.crop_size, scale_range=config.data.scale_range,
+                                   photometric=config.data.photometric, start_step=start_step)
+
+    ds = train_batches(initial_chunk * chunk)
     names = list(model.output)
     ds = ds.map(lambda x, y: (x, {n: y for n in names}))
 
@@ -171,14 +190,29 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
         return evaluate(inference_model(m), build_eval_dataset(spec.name, data_dir), spec, setting=setting,
                         limit=config.eval.limit, progress=verbose > 0)
 
+    eval_context = apply_precise_bn = None
+    if precise_bn_batches:
+        @contextlib.contextmanager
+        def eval_context(m):
+            with precise_bn_applied(m, train_batches(total_steps), precise_bn_batches, strategy) as updated:
+                print(f"\nPreciseBN: BN statistics of {updated} layers re-estimated over {precise_bn_batches} "
+                      "training batches for this evaluation and best.keras")
+                yield
+
+        def apply_precise_bn(m):
+            updated = precise_bn(m, train_batches(total_steps), precise_bn_batches, strategy)
+            print(f"PreciseBN applied: BN statistics of {updated} layers re-estimated over {precise_bn_batches} "
+                  "augmented training batches (weights frozen); final.keras carries them")
+
     nan_guard = NaNGuard(chunk, initial_chunk)
     history = None
     if initial_chunk < num_chunks:
         history = model.fit(ds, epochs=num_chunks, steps_per_epoch=chunk, initial_epoch=initial_chunk, shuffle=False,
-                            callbacks=_callbacks(run_dir, state, nan_guard, run_eval, config), verbose=verbose)
+                            callbacks=_callbacks(run_dir, state, nan_guard, run_eval, config, eval_context),
+                            verbose=verbose)
     final_loss = float(history.history["loss"][-1]) if history and history.history.get("loss") else float("nan")
     if nan_guard.failed_step is not None:
         return TrainResult(run_dir, nan_guard.failed_step, final_loss, None, time.time() - start,
                            stopped_on_nan_at=nan_guard.failed_step)
-    metrics = _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks)
+    metrics = _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks, apply_precise_bn)
     return TrainResult(run_dir, total_steps, final_loss, metrics, time.time() - start)
