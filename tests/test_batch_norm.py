@@ -41,6 +41,16 @@ def _torch_reference(x, gamma, beta, running_mean, running_var, momentum_torch):
     return y, new_mean, new_var
 
 
+def _training_step(layer, x, upstream):
+    """A training-mode call: ``[y, dL/dx, dL/dgamma, dL/dbeta]`` for ``L = sum(y * upstream)``. A random upstream
+    gradient: sum(y**2)-like losses have a near-zero gradient w.r.t. x after normalisation."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(tf.cast(y, upstream.dtype) * upstream)
+    return [y] + tape.gradient(loss, [x, layer.gamma, layer.beta])
+
+
 @pytest.mark.parametrize("shape", [(2, 9, 11, 5), (1, 3, 4, 7)])
 def test_training_step_matches_pytorch_batchnorm(shape):
     x = np.random.default_rng(1).normal(1.0, 3.0, shape).astype(np.float32)
@@ -60,16 +70,9 @@ def test_output_and_gradients_match_keras_batchnorm(dtype):
     keras_bn, fused_bn = _pair(shape, dtype)
     x = tf.cast(x, keras_bn.compute_dtype)
     var0 = keras_bn.moving_variance.numpy().astype(np.float64)
-    # A random upstream gradient: sum(y**2)-like losses have a near-zero gradient w.r.t. x after normalisation.
     upstream = tf.constant(np.random.default_rng(7).normal(size=shape).astype(np.float32))
-    results = []
-    for layer in (keras_bn, fused_bn):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x, training=True)
-            loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
-        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
-        results.append([y] + grads)
+    results = [_training_step(layer, x, upstream) for layer in (keras_bn, fused_bn)]
+    for layer, (y, *_) in zip((keras_bn, fused_bn), results):
         assert y.dtype == layer.compute_dtype
     tol = 1e-5 if dtype == "float32" else 3e-2
     for a, b in zip(*results):
@@ -106,13 +109,7 @@ def test_composed_paths_give_keras_outputs_and_the_unbiased_moving_variance(kwar
     assert not fused_bn._uses_fused_training(x, True, None)
     gamma, beta, mean0, var0 = (w.astype(np.float64) for w in fused_bn.get_weights())
     upstream = tf.constant(np.random.default_rng(5).normal(size=shape).astype(np.float32))
-    results = []
-    for layer in (keras_bn, fused_bn):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x, training=True)
-            loss = tf.reduce_sum(y * upstream)
-        results.append([y] + tape.gradient(loss, [x, layer.gamma, layer.beta]))
+    results = [_training_step(layer, x, upstream) for layer in (keras_bn, fused_bn)]
     for a, b in zip(*results):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-5 * np.abs(a.numpy()).max())
     ref_y, ref_mean, ref_var = _torch_reference(x.numpy().astype(np.float64), gamma, beta, mean0, var0, 1 - MOMENTUM)
@@ -133,12 +130,7 @@ def test_float64_training_step_is_exact_float64():
     assert not bn._uses_fused_training(tf.constant(x), True, None)
     gamma, beta, mean0, var0 = bn.get_weights()
     upstream = np.random.default_rng(9).normal(size=shape)
-    xt = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)
-        y = bn(xt, training=True)
-        loss = tf.reduce_sum(y * upstream)
-    dx, dgamma, dbeta = tape.gradient(loss, [xt, bn.gamma, bn.beta])
+    y, dx, dgamma, dbeta = _training_step(bn, tf.constant(x), tf.constant(upstream))
     assert y.dtype == tf.float64 and bn.moving_variance.dtype == "float64"
     ref_y, ref_mean, ref_var = _torch_reference(x, gamma, beta, mean0, var0, 1 - MOMENTUM)
     np.testing.assert_allclose(y.numpy(), ref_y, rtol=1e-12, atol=1e-12)

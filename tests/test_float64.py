@@ -15,14 +15,6 @@ from gsto_tf.training.trainer import compile_model
 LOW_PRECISION = (tf.float32, tf.bfloat16, tf.float16)
 
 
-@pytest.fixture
-def float64_floatx():
-    previous = keras.config.floatx()
-    keras.config.set_floatx("float64")
-    yield
-    keras.config.set_floatx(previous)
-
-
 # GSTO-HRNet: fused-path-sized BNs, 1-channel gate BNs, head resizes, the 1x1 upsample-concat conv, three outputs.
 # PSPNet + GSTO w/ sup on HRNetV2: adaptive pooling, GatedScaleTransfer with class-score gates, the FCN aux head.
 @pytest.mark.parametrize("name", ["gsto_hrnet_w18_small_v1", "pspnet_gsto_sup_hrnetv2_w18_small_v1"])

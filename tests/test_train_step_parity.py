@@ -9,7 +9,6 @@ weight and BN running statistic after the third step (``<case>_train3_sample.npz
 import json
 import pathlib
 
-import keras
 import numpy as np
 import pytest
 
@@ -24,15 +23,6 @@ CASES = {
     "gsto_hrnet_w18s1_c19": ("gsto_hrnet_w18_small_v1", ["logits", "aux_stage3", "aux_stage2"]),
     "hrnetv2_w18s1_c19": ("hrnetv2_w18_small_v1", ["logits"]),
 }
-
-
-@pytest.fixture
-def float64_keras():
-    """floatx float64 for the test: Keras' compiled loss and its loss metrics compute in floatx."""
-    previous = keras.config.floatx()
-    keras.config.set_floatx("float64")
-    yield
-    keras.config.set_floatx(previous)
 
 
 def _config(model_name):
@@ -57,7 +47,7 @@ def _graph_mode(case):
 # the float64 GSTO-HRNet train step into a tf.function takes ~35-45 s before its first step. The graph-mode runs of
 # the same step are in the slow suite.
 @pytest.mark.parametrize("case, eager", [(c, True) for c in sorted(CASES)] + [_graph_mode(c) for c in sorted(CASES)])
-def test_three_official_sgd_steps_in_float64(case, eager, float64_keras):
+def test_three_official_sgd_steps_in_float64(case, eager, float64_floatx):
     name, outputs = CASES[case]
     meta = json.loads((FIXTURES / f"{case}_train3.json").read_text())
     assert meta["optimizer"]["lr"] == 0.01 and meta["optimizer"]["weight_decay"] == 5e-4 and meta["steps"] == 3

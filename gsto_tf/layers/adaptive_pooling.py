@@ -9,7 +9,8 @@ Here the pooling is written as two small matrix products ``A_h @ x @ A_w^T``, wh
 ``1 / len(bin i)`` inside bin ``i`` and 0 elsewhere. The matrices are built from ``tf.shape`` inside the graph,
 so the same SavedModel works for every input size (PSPNet / DeepLab heads run on arbitrary image sizes), no Python
 int is taken from the input shape, and the result is an exact bin average (summed in float32, float64 for float64
-inputs, no cumulative-sum cancellation). The bins are tiny (n <= 6 in PPM), so the cost is ``O(N * H * W * C * n)``, like a pooling pass.
+inputs, no cumulative-sum cancellation). The bins are tiny (n <= 6 in PPM), so the cost is
+``O(N * H * W * C * n)``, like a pooling pass.
 """
 
 import keras

@@ -257,7 +257,7 @@ def build_context_model(head, backbone, num_classes, *, variant="", aux=True, ou
     outputs = {}
     class_scores = None
     if supervised_map:
-        # P = conv1x1_{C->K}(F) on the head's input (SPEC §1 eq. 5); float32 like every output.
+        # P = conv1x1_{C->K}(F) on the head's input (GSTO paper eq. 5); float32 like every output.
         class_scores = conv2d(x, num_classes, 1, "decode_head.class_scores", use_bias=True,
                               dtype=out_names.logits_dtype())
     gating = _Gating(gate, gate_style, class_scores, sync)

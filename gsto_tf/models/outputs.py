@@ -9,14 +9,15 @@ import keras
 
 FINAL_LOGITS = "logits"
 
-# GSTO-HRNet (SPEC §2): loss = CE(final) + 0.5 CE(stage-3 aux) + 0.3 CE(stage-2 aux).
+# GSTO-HRNet (official GSTO utils/utils.py FullModel): loss = CE(final) + 0.5 CE(stage-3 aux)
+# + 0.3 CE(stage-2 aux).
 AUX_STAGE3 = "aux_stage3"
 AUX_STAGE2 = "aux_stage2"
 # PSPNet / DeepLab-style heads: the standard FCN auxiliary head on stage-3 features (weight 0.4).
 AUX_FCN = "aux_fcn"
-# PPM / ASPP "w/ sup" variants: the class-score map P predicted from the head's input (SPEC §1 eq. 5), supervised by
-# the ground truth; in "gsto_sup" it drives the gates. No published weight: 0.4 = the weight of the FCN aux head on
-# the same (stride-8) features, inside GSTO-HRNet's 0.3-0.5 range for its class-map predictors.
+# PPM / ASPP "w/ sup" variants: the class-score map P predicted from the head's input (GSTO paper eq. 5), supervised
+# by the ground truth; in "gsto_sup" it drives the gates. No published weight: 0.4 = the weight of the FCN aux head
+# on the same (stride-8) features, inside GSTO-HRNet's 0.3-0.5 range for its class-map predictors.
 AUX_CLASS_MAP = "aux_class_map"
 
 AUX_LOSS_WEIGHTS = {
