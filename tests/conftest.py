@@ -27,3 +27,12 @@ def fixtures_dir():
     if not FIXTURES_DIR.is_dir():
         pytest.fail(f"parity fixtures not found at {FIXTURES_DIR} (set GSTO_TF_FIXTURES to their folder)")
     return FIXTURES_DIR
+
+
+@pytest.fixture
+def float64_floatx():
+    """floatx float64 for one test (a float64 model's compiled loss and loss metrics compute in floatx)."""
+    previous = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    yield
+    keras.config.set_floatx(previous)

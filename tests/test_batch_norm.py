@@ -1,3 +1,8 @@
+import os
+import pathlib
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -6,6 +11,8 @@ import tensorflow as tf
 from gsto_tf.layers import FusedBatchNormalization
 
 MOMENTUM, EPS = 0.9, 1e-5
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "tests" / "scripts"
 
 
 def _pair(shape, dtype="float32", seed=0, **kwargs):
@@ -34,6 +41,16 @@ def _torch_reference(x, gamma, beta, running_mean, running_var, momentum_torch):
     return y, new_mean, new_var
 
 
+def _training_step(layer, x, upstream):
+    """A training-mode call: ``[y, dL/dx, dL/dgamma, dL/dbeta]`` for ``L = sum(y * upstream)``. A random upstream
+    gradient: sum(y**2)-like losses have a near-zero gradient w.r.t. x after normalisation."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(tf.cast(y, upstream.dtype) * upstream)
+    return [y] + tape.gradient(loss, [x, layer.gamma, layer.beta])
+
+
 @pytest.mark.parametrize("shape", [(2, 9, 11, 5), (1, 3, 4, 7)])
 def test_training_step_matches_pytorch_batchnorm(shape):
     x = np.random.default_rng(1).normal(1.0, 3.0, shape).astype(np.float32)
@@ -53,16 +70,9 @@ def test_output_and_gradients_match_keras_batchnorm(dtype):
     keras_bn, fused_bn = _pair(shape, dtype)
     x = tf.cast(x, keras_bn.compute_dtype)
     var0 = keras_bn.moving_variance.numpy().astype(np.float64)
-    # A random upstream gradient: sum(y**2)-like losses have a near-zero gradient w.r.t. x after normalisation.
     upstream = tf.constant(np.random.default_rng(7).normal(size=shape).astype(np.float32))
-    results = []
-    for layer in (keras_bn, fused_bn):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x, training=True)
-            loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
-        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
-        results.append([y] + grads)
+    results = [_training_step(layer, x, upstream) for layer in (keras_bn, fused_bn)]
+    for layer, (y, *_) in zip((keras_bn, fused_bn), results):
         assert y.dtype == layer.compute_dtype
     tol = 1e-5 if dtype == "float32" else 3e-2
     for a, b in zip(*results):
@@ -78,8 +88,8 @@ def test_output_and_gradients_match_keras_batchnorm(dtype):
                                MOMENTUM * var0 + (1 - MOMENTUM) * batch_var * n / (n - 1), rtol=1e-5)
 
 
-def test_inference_and_fallback_paths_equal_keras():
-    # Inference, frozen layers, single-channel maps and synchronized BN all run Keras' own code.
+def test_inference_and_frozen_paths_equal_keras():
+    # Inference and frozen layers run Keras' own code.
     shape = (2, 5, 6, 3)
     x = tf.constant(np.random.default_rng(3).normal(size=shape).astype(np.float32))
     keras_bn, fused_bn = _pair(shape)
@@ -87,12 +97,90 @@ def test_inference_and_fallback_paths_equal_keras():
     keras_bn.trainable = fused_bn.trainable = False
     np.testing.assert_array_equal(fused_bn(x, training=True).numpy(), keras_bn(x, training=True).numpy())
     np.testing.assert_array_equal(fused_bn.moving_variance.numpy(), keras_bn.moving_variance.numpy())
-    for kwargs, s in (({}, (2, 5, 6, 1)), ({"synchronized": True}, shape)):
-        keras_bn, fused_bn = _pair(s, **kwargs)
-        xs = tf.constant(np.random.default_rng(4).normal(size=s).astype(np.float32))
-        assert not fused_bn._uses_fused_training(xs, True, None)
-        np.testing.assert_array_equal(fused_bn(xs, training=True).numpy(), keras_bn(xs, training=True).numpy())
-        np.testing.assert_array_equal(fused_bn.moving_variance.numpy(), keras_bn.moving_variance.numpy())
+
+
+@pytest.mark.parametrize("kwargs, shape", [({}, (2, 5, 6, 1)), ({"synchronized": True}, (2, 5, 6, 3)),
+                                           ({"synchronized": True}, (3, 4, 5, 1))])
+def test_composed_paths_give_keras_outputs_and_the_unbiased_moving_variance(kwargs, shape):
+    # Single-channel maps (GSTO's gates) and synchronized BN do not run the fused kernel; they normalise like Keras
+    # and update the moving variance like PyTorch (Keras' own BN takes the biased variance there).
+    x = tf.constant(np.random.default_rng(4).normal(1.0, 2.0, size=shape).astype(np.float32))
+    keras_bn, fused_bn = _pair(shape, **kwargs)
+    assert not fused_bn._uses_fused_training(x, True, None)
+    gamma, beta, mean0, var0 = (w.astype(np.float64) for w in fused_bn.get_weights())
+    upstream = tf.constant(np.random.default_rng(5).normal(size=shape).astype(np.float32))
+    results = [_training_step(layer, x, upstream) for layer in (keras_bn, fused_bn)]
+    for a, b in zip(*results):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-5 * np.abs(a.numpy()).max())
+    ref_y, ref_mean, ref_var = _torch_reference(x.numpy().astype(np.float64), gamma, beta, mean0, var0, 1 - MOMENTUM)
+    np.testing.assert_allclose(results[1][0].numpy(), ref_y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fused_bn.moving_mean.numpy(), ref_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused_bn.moving_variance.numpy(), ref_var, rtol=1e-6)
+    n = np.prod(shape[:3])
+    biased = MOMENTUM * var0 + (1 - MOMENTUM) * x.numpy().astype(np.float64).var((0, 1, 2))
+    np.testing.assert_allclose(keras_bn.moving_variance.numpy(), biased, rtol=1e-6)
+    assert np.all(np.abs(ref_var - biased) > 1e-3 * ref_var / n)  # the two rules are distinguishable here
+
+
+def test_float64_training_step_is_exact_float64():
+    # FusedBatchNormV3 has no float64 kernel: float64 runs the composed path, in float64 throughout.
+    shape = (2, 7, 5, 4)
+    x = np.random.default_rng(8).normal(1.0, 3.0, shape)
+    _, bn = _pair(shape, dtype="float64")
+    assert not bn._uses_fused_training(tf.constant(x), True, None)
+    gamma, beta, mean0, var0 = bn.get_weights()
+    upstream = np.random.default_rng(9).normal(size=shape)
+    y, dx, dgamma, dbeta = _training_step(bn, tf.constant(x), tf.constant(upstream))
+    assert y.dtype == tf.float64 and bn.moving_variance.dtype == "float64"
+    ref_y, ref_mean, ref_var = _torch_reference(x, gamma, beta, mean0, var0, 1 - MOMENTUM)
+    np.testing.assert_allclose(y.numpy(), ref_y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), ref_mean, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), ref_var, rtol=1e-13)
+    # Batch-norm backward written out (the gradient PyTorch's BatchNorm2d computes).
+    n = np.prod(shape[:3])
+    xhat = (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + EPS)
+    ref_dbeta = upstream.sum((0, 1, 2))
+    ref_dgamma = (upstream * xhat).sum((0, 1, 2))
+    ref_dx = gamma / np.sqrt(x.var((0, 1, 2)) + EPS) / n * (n * upstream - ref_dbeta - xhat * ref_dgamma)
+    for got, ref in ((dx, ref_dx), (dgamma, ref_dgamma), (dbeta, ref_dbeta)):
+        np.testing.assert_allclose(got.numpy(), ref, rtol=1e-11, atol=1e-12 * np.abs(ref).max())
+
+
+def test_masked_training_step_uses_the_unmasked_values():
+    shape = (2, 4, 5, 3)
+    x = np.random.default_rng(10).normal(0.5, 2.0, shape).astype(np.float32)
+    mask = np.random.default_rng(11).uniform(size=shape[:3]) < 0.6
+    _, bn = _pair(shape)
+    gamma, beta, mean0, var0 = (w.astype(np.float64) for w in bn.get_weights())
+    y = bn(tf.constant(x), training=True, mask=tf.constant(mask)).numpy()
+    kept = x.astype(np.float64)[mask]  # [n, C]
+    mean, var, n = kept.mean(0), kept.var(0), kept.shape[0]
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + EPS) * gamma + beta, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), MOMENTUM * mean0 + (1 - MOMENTUM) * mean, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), MOMENTUM * var0 + (1 - MOMENTUM) * var * n / (n - 1),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_synchronized_under_mirrored_strategy_uses_the_global_batch(tmp_path, dtype):
+    # Two replicas (2 logical CPUs, in a subprocess) each see half of the global batch; synchronized BN must
+    # normalise with, and update the moving statistics from, the moments of the whole batch (unbiased variance).
+    out = tmp_path / "sync.npz"
+    run = subprocess.run([sys.executable, str(SCRIPTS / "sync_batch_norm.py"), str(out), dtype],
+                         env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2"),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "replicas 2" in run.stdout
+    r = np.load(out)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    for c in (3, 1):
+        x = r["x"][..., :c].astype(np.float64)
+        gamma, beta, mean0, var0 = (r[f"initial_{c}_{i}"].astype(np.float64) for i in range(4))
+        ref_y, ref_mean, ref_var = _torch_reference(x, gamma, beta, mean0, var0, 1 - MOMENTUM)
+        np.testing.assert_allclose(r[f"out_bn{c}"], ref_y, rtol=tol, atol=tol)
+        np.testing.assert_allclose(r[f"after_{c}_2"], ref_mean, rtol=tol, atol=tol)
+        np.testing.assert_allclose(r[f"after_{c}_3"], ref_var, rtol=tol)
 
 
 def test_config_round_trip_and_save_reload(tmp_path):

@@ -1,10 +1,11 @@
+import contextlib
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from gsto_tf.training.callbacks import NaNGuard, save_model_atomically
+from gsto_tf.training.callbacks import LatestAndBestCheckpoint, NaNGuard, save_model_atomically
 
 
 def _tiny_model():
@@ -34,3 +35,37 @@ def test_atomic_save_leaves_no_temp_files(tmp_path):
     assert path.exists() and os.listdir(path.parent) == ["latest.keras"]
     again = keras.saving.load_model(path, compile=False)
     np.testing.assert_array_equal(again.weights[0].numpy(), model.weights[0].numpy())
+
+
+def test_eval_context_wraps_evaluation_and_best_save_only(tmp_path):
+    # The context (PreciseBN in training) is in force for the evaluation and best.keras, not for latest.keras or
+    # after the callback.
+    model = _tiny_model()
+    kernel = model.weights[0]
+    original = kernel.numpy().copy()
+    seen = []
+
+    @contextlib.contextmanager
+    def shifted(m):
+        kernel.assign(original + 1.0)
+        try:
+            yield
+        finally:
+            kernel.assign(original)
+
+    class Metrics:
+        miou = 0.5
+
+    def evaluate(m):
+        seen.append(m.weights[0].numpy().copy())
+        return Metrics()
+
+    callback = LatestAndBestCheckpoint(str(tmp_path), evaluate, eval_every=1, eval_context=shifted)
+    callback.set_model(model)
+    callback.on_epoch_end(0, {})
+    np.testing.assert_array_equal(seen[0], original + 1.0)
+    np.testing.assert_array_equal(kernel.numpy(), original)
+    best = keras.saving.load_model(tmp_path / "best.keras", compile=False)
+    latest = keras.saving.load_model(tmp_path / "latest.keras", compile=False)
+    np.testing.assert_array_equal(best.weights[0].numpy(), original + 1.0)
+    np.testing.assert_array_equal(latest.weights[0].numpy(), original)

@@ -61,3 +61,11 @@ def test_mapping_options_merge_key_by_key(tmp_path):
         make_config("synthetic", sets=["model.options=paper"])
     with pytest.raises(ValueError, match="empty name"):
         parse_set(["model..x=1"])
+
+
+def test_precise_bn_on_for_the_main_job_only_and_settable():
+    assert make_config("synthetic").eval.precise_bn_batches == 40
+    for name in ("cityscapes", "pascal_context", "pascal_context_60", "lip"):
+        assert make_config(name).eval.precise_bn_batches == 0
+        assert make_config(name, sets=["eval.precise_bn_batches=100"]).eval.precise_bn_batches == 100
+    assert make_config("synthetic", sets=["eval.precise_bn_batches=0"]).eval.precise_bn_batches == 0

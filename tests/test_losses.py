@@ -137,10 +137,55 @@ def test_cityscapes_weights_and_bad_weights():
         SegmentationLoss(5, class_weights=[1, 1, 1])
 
 
-def test_poly_schedule_values():
+def _hrnet_lrs(base, max_it, power, steps):
+    """The lr of each optimizer step in HRNet's loop (lib/core/function.py): the optimizer starts at base; after
+    the step of iteration i, adjust_learning_rate sets base * (1 - i / max_it) ** power for the next one."""
+    lrs, lr = [], base
+    for i in range(steps):
+        lrs.append(lr)  # optimizer.step() runs with the current lr
+        lr = base * (1 - i / max_it) ** power  # then adjust_learning_rate(..., cur_iters=i)
+    return lrs
+
+
+def test_poly_schedule_follows_hrnet_order():
     sched = poly_schedule(0.01, 1000, 0.9)
-    for it in (0, 1, 500, 999, 1000):
-        assert float(sched(it)) == pytest.approx(0.01 * (1 - it / 1000) ** 0.9, rel=1e-4, abs=1e-12)  # float32
+    expected = _hrnet_lrs(0.01, 1000, 0.9, 6)
+    assert expected[0] == expected[1] == 0.01
+    for k, lr in enumerate(expected):
+        assert float(sched(k)) == pytest.approx(lr, rel=1e-12)
+    for k in (500, 999, 1000, 1001, 5000):  # step k runs at poly(k - 1), clipped at max_it
+        assert float(sched(k)) == pytest.approx(0.01 * (1 - min(k - 1, 1000) / 1000) ** 0.9, rel=1e-12, abs=1e-15)
+    keras_order = poly_schedule(0.01, 1000, 0.9, hrnet_order=False)
+    for k in (0, 1, 500, 1000):
+        assert float(keras_order(k)) == pytest.approx(0.01 * (1 - k / 1000) ** 0.9, rel=1e-12, abs=1e-15)
+        assert float(keras_order(k)) == pytest.approx(
+            float(keras.optimizers.schedules.PolynomialDecay(0.01, 1000, 0.0, 0.9)(k)), rel=1e-6, abs=1e-12)
+    assert float(poly_schedule(0.02, 10, 0.0)(10)) == 0.02  # power 0: a constant lr
+
+
+def test_poly_schedule_config_round_trip_and_bad_steps():
+    sched = poly_schedule(0.02, 240, 0.9)
+    again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(sched))
+    assert again.get_config() == sched.get_config() and float(again(7)) == float(sched(7))
+    with pytest.raises(ValueError, match="total_steps must be a positive int"):
+        poly_schedule(0.01, 0)
+
+
+def test_fit_runs_each_step_at_the_hrnet_lr():
+    # Through model.fit, resumed in the middle: the lr of each step is read from the optimizer's iteration counter.
+    inp = keras.Input((3,))
+    model = keras.Model(inp, keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")(inp))
+    model.compile(optimizer=TorchSGD(poly_schedule(0.1, 8, 0.9), momentum=0.0), loss="mse")
+    x, y = np.ones((1, 3), np.float32), np.ones((1, 1), np.float32)
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(float(self.model.optimizer.learning_rate))
+
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[Record()])
+    model.fit(x, y, epochs=5, initial_epoch=3, verbose=0, callbacks=[Record()])
+    np.testing.assert_allclose(seen, _hrnet_lrs(0.1, 8, 0.9, 5), rtol=1e-6)
 
 
 def test_torch_sgd_matches_pytorch_update_rule():
@@ -156,5 +201,5 @@ def test_torch_sgd_matches_pytorch_update_rule():
         opt.apply_gradients([(tf.constant(g), var)])
         d = g + wd * p
         buf = d if buf is None else mom * buf + d
-        p = p - lr * (1 - it / 10) ** 0.9 * buf
+        p = p - _hrnet_lrs(lr, 10, 0.9, 3)[it] * buf
     np.testing.assert_allclose(var.numpy(), p, rtol=1e-5)

@@ -32,6 +32,44 @@ def test_bilinear_matches_pytorch_align_corners_false(src, dst):
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("src,dst", [((7, 5), (25, 33)), ((25, 33), (97, 131)), ((32, 64), (13, 9)), ((1, 3), (4, 1)),
+                                     ((6, 6), (6, 6))])
+def test_float64_bilinear_is_exact_float64(src, dst):
+    # tf.image.resize returns float32 for every input dtype; float64 tensors take an exact float64 path.
+    x = np.random.default_rng(1).normal(size=(2, *src, 3))
+    out = resize_bilinear(tf.constant(x), dst)
+    assert out.dtype == tf.float64
+    np.testing.assert_allclose(out.numpy(), _torch_bilinear_reference(x, *dst), rtol=1e-14, atol=1e-14)
+    # the same result as tf.image.resize, up to its float32 rounding
+    via_tf = tf.image.resize(tf.constant(x, tf.float32), dst, method="bilinear").numpy()
+    np.testing.assert_allclose(out.numpy(), via_tf, rtol=1e-5, atol=1e-5)
+    # an unbatched HWC image
+    np.testing.assert_allclose(resize_bilinear(tf.constant(x[0]), dst).numpy(), out.numpy()[0], rtol=0, atol=0)
+
+
+def test_float64_bilinear_dynamic_size_and_gradient():
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 2], tf.float64), tf.TensorSpec([2], tf.int32)])
+    def fn(a, size):
+        return resize_bilinear(a, size)
+
+    x = np.random.default_rng(2).normal(size=(1, 5, 4, 2))
+    for dst in ((9, 7), (3, 2)):
+        np.testing.assert_allclose(fn(tf.constant(x), tf.constant(dst)).numpy(), _torch_bilinear_reference(x, *dst),
+                                   rtol=1e-14, atol=1e-14)
+    # Resizing is linear: the gradient of sum(resize(x) * u) is the transpose map of u, the same as
+    # tf.image.resize's (float32) gradient.
+    u = np.random.default_rng(3).normal(size=(1, 11, 6, 2))
+    grads = []
+    for dtype in (tf.float64, tf.float32):
+        xt = tf.constant(x, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = tf.reduce_sum(resize_bilinear(xt, (11, 6)) * tf.constant(u, dtype))
+        grads.append(tape.gradient(loss, xt).numpy())
+    assert grads[0].dtype == np.float64
+    np.testing.assert_allclose(grads[0], grads[1], atol=1e-5)
+
+
 def test_layer_resizes_to_dynamic_reference_and_keeps_dtype():
     layer = BilinearResize(dtype="mixed_bfloat16")
     x = tf.random.normal((1, 5, 7, 4))

@@ -38,6 +38,7 @@ def test_short_synthetic_run_trains_and_evaluates(tmp_path):
         assert (run / "checkpoints" / name).exists()
     assert (run / "config.yaml").exists() and (run / "history.csv").exists()
     assert "mIoU" in out.stdout
+    assert "PreciseBN applied" in out.stdout  # on in the synthetic recipe: final.keras carries re-estimated BN stats
 
     # A training checkpoint loads for inference in a process that never imports gsto_tf.training.
     script = ("import sys; from gsto_tf.models import load_checkpoint; "

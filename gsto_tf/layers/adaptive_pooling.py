@@ -8,23 +8,24 @@ fixed-window pooling are only exact when ``n`` divides ``L``.
 Here the pooling is written as two small matrix products ``A_h @ x @ A_w^T``, where ``A_h[i, p]`` is
 ``1 / len(bin i)`` inside bin ``i`` and 0 elsewhere. The matrices are built from ``tf.shape`` inside the graph,
 so the same SavedModel works for every input size (PSPNet / DeepLab heads run on arbitrary image sizes), no Python
-int is taken from the input shape, and the result is an exact bin average (summed in float32, no cumulative-sum
-cancellation). The bins are tiny (n <= 6 in PPM), so the cost is ``O(N * H * W * C * n)``, like a pooling pass.
+int is taken from the input shape, and the result is an exact bin average (summed in float32, float64 for float64
+inputs, no cumulative-sum cancellation). The bins are tiny (n <= 6 in PPM), so the cost is
+``O(N * H * W * C * n)``, like a pooling pass.
 """
 
 import keras
 import tensorflow as tf
 
 
-def _bin_matrix(length, bins):
-    """``[bins, length]`` float32 averaging matrix of PyTorch's adaptive pooling along one axis (dynamic length)."""
+def _bin_matrix(length, bins, dtype):
+    """``[bins, length]`` averaging matrix of PyTorch's adaptive pooling along one axis (dynamic length)."""
     length = tf.cast(length, tf.int32)
     i = tf.range(bins, dtype=tf.int32)[:, None]
     start = (i * length) // bins  # floor(i * L / n)
     end = ((i + 1) * length + bins - 1) // bins  # ceil((i + 1) * L / n)
     p = tf.range(length, dtype=tf.int32)[None, :]
-    inside = tf.cast((p >= start) & (p < end), tf.float32)
-    return inside / tf.cast(end - start, tf.float32)
+    inside = tf.cast((p >= start) & (p < end), dtype)
+    return inside / tf.cast(end - start, dtype)
 
 
 def adaptive_average_pool2d(x, output_size):
@@ -35,10 +36,12 @@ def adaptive_average_pool2d(x, output_size):
     """
     out_h, out_w = _as_pair(output_size, "output_size")
     shape = tf.shape(x)
-    a_h = _bin_matrix(shape[1], out_h)
-    a_w = _bin_matrix(shape[2], out_w)
-    # Accumulate in float32 whatever the compute dtype (bfloat16 sums of thousands of positions lose digits).
-    y = tf.einsum("ih,nhwc->niwc", a_h, tf.cast(x, tf.float32))
+    # Accumulate in float32 whatever the compute dtype (bfloat16 sums of thousands of positions lose digits);
+    # a float64 model stays in float64.
+    dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
+    a_h = _bin_matrix(shape[1], out_h, dtype)
+    a_w = _bin_matrix(shape[2], out_w, dtype)
+    y = tf.einsum("ih,nhwc->niwc", a_h, tf.cast(x, dtype))
     y = tf.einsum("jw,niwc->nijc", a_w, y)
     return tf.cast(y, x.dtype)
 

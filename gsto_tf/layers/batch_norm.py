@@ -1,28 +1,41 @@
-"""BatchNormalization whose training step runs TensorFlow's fused kernel, with PyTorch's running-variance rule.
+"""BatchNormalization with PyTorch's running-variance rule on every path, and a fused training step where it helps.
 
-Keras 3's ``BatchNormalization`` composes training-mode BN from generic ops (moments, then ``x * inv + shift``)
-and differentiates through them. ``FusedBatchNormalization`` runs the same training step with TensorFlow's
-``FusedBatchNormV3``, one kernel forward and one backward:
+PyTorch's ``BatchNorm2d`` normalises a training batch by its *biased* variance but updates ``running_var`` with the
+*unbiased* one (``n / (n - 1)``, Bessel's correction, ``n`` = values per channel over the whole batch); the official
+HRNet / GSTO training therefore does so for every BN, the one-channel gate BNs included, and with synchronized BN
+over the batch of all replicas. Keras 3 updates the moving variance with the biased batch variance.
+``FusedBatchNormalization`` takes Keras' arguments, weights and config and follows PyTorch:
 
 * the output and its gradients are those of Keras' BN (normalisation by the biased batch variance, tested);
-* the moving variance is updated with the *unbiased* batch variance (``n / (n - 1)``, Bessel's correction), which
-  is what PyTorch's ``BatchNorm2d`` does with ``running_var`` and therefore what the official HRNet / GSTO
-  training does; Keras 3 updates it with the biased one. Moving mean and momentum are unchanged.
-* a w18_small_v2 train step at 512x1024 is 4-6 % faster on this project's 2-core CPU (HRNetV2 1.175 -> 1.105 s,
-  GSTO-HRNet 1.401 -> 1.339 s, one process, 15 rounds in random order).
+* the moving variance is updated with the unbiased batch variance on every training path; moving mean and
+  momentum are unchanged.
 
-Everything else keeps Keras' own code path: inference (it measured no faster fused, slower for GSTO-HRNet),
-``synchronized=True`` (cross-replica moments), masks, renorm, inputs that are not NHWC rank-4 maps, layers without
-``center`` / ``scale``, and single-channel maps (GSTO's gates), for which the fused kernel is slower.
+Training paths:
+
+* fused: NHWC rank-4 float32 / bfloat16 / float16 maps with more than one channel, ``center`` and ``scale``, no
+  mask, not synchronized: TensorFlow's ``FusedBatchNormV3``, one kernel forward and one backward (a w18_small_v2
+  train step at 512x1024 measured 4-6 % faster than Keras' composed ops on this project's 2-core CPU). It also
+  returns the Bessel-corrected batch variance.
+* composed: everything else. Single-channel maps (GSTO's gates: the fused kernel is slower there), float64 (the
+  fused kernel has no float64 kernel; this path is exact float64), ``synchronized=True`` (the moments of the
+  global batch: sums and counts are all-reduced over the replicas, then the squared deviations from the global
+  mean, two passes rather than ``E[x^2] - E[x]^2``), masks (moments over the unmasked positions). The output is
+  Keras' ``batch_normalization`` of the batch mean and biased variance; the count ``n`` that corrects the moving
+  variance is the number of values per channel in the (global, unmasked) batch.
+
+Inference, frozen layers (``trainable=False``) and batch renormalisation run Keras' own code.
 """
 
 import keras
 import tensorflow as tf
 
+_FUSED_DTYPES = (tf.float32, tf.bfloat16, tf.float16)
+
 
 @keras.saving.register_keras_serializable(package="gsto_tf")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
-    """``keras.layers.BatchNormalization`` (same arguments, weights and config) with a fused training step."""
+    """``keras.layers.BatchNormalization`` (same arguments, weights and config) with PyTorch's unbiased
+    moving-variance update and a fused training step."""
 
     def _uses_fused_training(self, inputs, training, mask):
         return bool(
@@ -37,14 +50,17 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             and self.axis in (-1, 3)
             and inputs.shape[-1] is not None
             and inputs.shape[-1] > 1
+            and inputs.dtype in _FUSED_DTYPES
         )
 
     def call(self, inputs, training=None, mask=None):
-        if not self._uses_fused_training(inputs, training, mask):
+        if not (training and self.trainable) or self.renorm:
             return super().call(inputs, training=training, mask=mask)
-        x = inputs
-        if x.dtype not in (tf.float32, tf.bfloat16, tf.float16):
-            x = tf.cast(x, tf.float32)
+        if self._uses_fused_training(inputs, training, mask):
+            return self._fused_training_step(inputs)
+        return self._composed_training_step(inputs, mask)
+
+    def _fused_training_step(self, x):
         # The kernel takes float32 scale/offset with float32 / bfloat16 / float16 x and returns x's dtype; it also
         # returns the batch mean and the Bessel-corrected batch variance, used for the moving statistics.
         y, batch_mean, batch_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
@@ -58,7 +74,57 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             data_format="NHWC",
             is_training=True,
         )
-        momentum = self.momentum
-        for variable, batch_value in ((self.moving_mean, batch_mean), (self.moving_variance, batch_variance)):
-            variable.assign(variable * momentum + tf.cast(batch_value, variable.dtype) * (1 - momentum))
+        self._update_moving_statistics(batch_mean, batch_variance)
         return tf.cast(y, self.compute_dtype)
+
+    def _composed_training_step(self, inputs, mask):
+        if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
+            raise ValueError(
+                f"FusedBatchNormalization '{self.name}': the mask must have one dimension less than the inputs; "
+                f"got mask.shape={mask.shape}, inputs.shape={inputs.shape}"
+            )
+        # float64 stays float64; float16 / bfloat16 statistics are computed in float32, as Keras does.
+        x = tf.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        mean, variance, count = self._batch_moments(x, mask)
+        self._update_moving_statistics(mean, variance * count / tf.maximum(count - 1, 1))
+        gamma = tf.cast(self.gamma, x.dtype) if self.scale else None
+        beta = tf.cast(self.beta, x.dtype) if self.center else None
+        y = keras.ops.batch_normalization(x, mean, variance, axis=self.axis, offset=beta, scale=gamma,
+                                          epsilon=self.epsilon)
+        return tf.cast(y, self.compute_dtype)
+
+    def _batch_moments(self, x, mask):
+        """Per-channel mean, biased variance and value count of the batch (of all replicas when synchronized)."""
+        axes = self._reduction_axes
+        replica = tf.distribute.get_replica_context() if self.synchronized else None
+        if mask is None and replica is None:
+            # Keras' own moments (same values and gradients as keras.layers.BatchNormalization).
+            mean, variance = tf.nn.moments(x, axes)
+            count = tf.cast(tf.size(x, out_type=tf.int64) // tf.cast(tf.shape(x)[self.axis], tf.int64), x.dtype)
+            return mean, variance, count
+
+        def all_reduce(value):
+            return replica.all_reduce(tf.distribute.ReduceOp.SUM, value) if replica is not None else value
+
+        if mask is None:
+            weights = None
+            count = tf.cast(tf.size(x, out_type=tf.int64) // tf.cast(tf.shape(x)[self.axis], tf.int64), x.dtype)
+            total = tf.reduce_sum(x, axes)
+        else:
+            weights = tf.broadcast_to(tf.cast(tf.expand_dims(mask, -1), x.dtype), tf.shape(x))
+            count = tf.reduce_sum(weights, axes)
+            total = tf.reduce_sum(x * weights, axes)
+        count = all_reduce(count)
+        mean = tf.math.divide_no_nan(all_reduce(total), count)
+        shape = [1] * len(x.shape)
+        shape[self.axis] = -1
+        squared = tf.square(x - tf.reshape(mean, shape))
+        if weights is not None:
+            squared *= weights
+        variance = tf.math.divide_no_nan(all_reduce(tf.reduce_sum(squared, axes)), count)
+        return mean, variance, count
+
+    def _update_moving_statistics(self, batch_mean, unbiased_variance):
+        momentum = self.momentum
+        for variable, batch_value in ((self.moving_mean, batch_mean), (self.moving_variance, unbiased_variance)):
+            variable.assign(variable * momentum + tf.cast(batch_value, variable.dtype) * (1 - momentum))

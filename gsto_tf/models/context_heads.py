@@ -159,7 +159,7 @@ def _classifier(x, num_classes, dropout, name):
     """Dropout2d (mmseg's default 0.1) -> 1x1 conv with bias, float32 logits even under mixed precision."""
     if dropout:
         x = keras.layers.SpatialDropout2D(dropout, name=f"{name}.dropout")(x)
-    return conv2d(x, num_classes, 1, f"{name}.conv_seg", use_bias=True, dtype="float32")
+    return conv2d(x, num_classes, 1, f"{name}.conv_seg", use_bias=True, dtype=out_names.logits_dtype())
 
 
 def fcn_aux_head(x, num_classes, *, channels=256, dropout=0.1, sync=False, name="auxiliary_head"):
@@ -257,8 +257,9 @@ def build_context_model(head, backbone, num_classes, *, variant="", aux=True, ou
     outputs = {}
     class_scores = None
     if supervised_map:
-        # P = conv1x1_{C->K}(F) on the head's input (SPEC §1 eq. 5); float32 like every output.
-        class_scores = conv2d(x, num_classes, 1, "decode_head.class_scores", use_bias=True, dtype="float32")
+        # P = conv1x1_{C->K}(F) on the head's input (GSTO paper eq. 5); float32 like every output.
+        class_scores = conv2d(x, num_classes, 1, "decode_head.class_scores", use_bias=True,
+                              dtype=out_names.logits_dtype())
     gating = _Gating(gate, gate_style, class_scores, sync)
     if head == "pspnet":
         y = ppm_head(x, channels=head_channels, bins=tuple(bins), gating=gating, sync=sync)

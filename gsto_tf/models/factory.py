@@ -4,6 +4,7 @@ Model families register builders with :func:`register_model`; the registry is fi
 the family modules (HRNet here, PPM/ASPP heads in :mod:`gsto_tf.models.context_heads`).
 """
 
+import contextlib
 import importlib
 import importlib.util
 
@@ -44,12 +45,41 @@ def available_models():
     return sorted(_REGISTRY)
 
 
-def build(name, num_classes, **options):
-    """Build a registered model. Options: ``input_shape``, ``aux``, ``sync_batchnorm``, family-specific ones."""
+def build(name, num_classes, dtype=None, **options):
+    """Build a registered model. Options: ``input_shape``, ``aux``, ``sync_batchnorm``, family-specific ones.
+
+    ``dtype``: a Keras dtype policy name (``"float32"``, ``"mixed_bfloat16"``, ``"float64"``) for this model's layers
+    and input, instead of the global policy. ``"float64"`` gives a model that runs in float64 end to end (input,
+    every layer, logits); to train it, also set ``keras.config.set_floatx("float64")`` before compiling (Keras'
+    compiled loss and its loss metrics compute in floatx).
+    """
     _load_families()
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](num_classes, **options)
+    if dtype is None:
+        return _REGISTRY[name](num_classes, **options)
+    with _default_dtype(dtype):
+        return _REGISTRY[name](num_classes, **options)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype):
+    """Global dtype policy ``dtype`` (and floatx = its variable dtype, which ``keras.Input`` takes) inside the block."""
+    try:
+        policy = keras.dtype_policies.get(dtype)
+    except (ValueError, TypeError):
+        policy = None
+    if policy is None or policy.variable_dtype not in ("float16", "bfloat16", "float32", "float64"):
+        raise ValueError(f"build: `dtype` must be a floating Keras dtype policy such as 'float32', 'mixed_bfloat16' "
+                         f"or 'float64', got {dtype!r}")
+    previous_policy, previous_floatx = keras.config.dtype_policy(), keras.config.floatx()
+    keras.config.set_dtype_policy(policy)
+    keras.config.set_floatx(policy.variable_dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(previous_floatx)
+        keras.config.set_dtype_policy(previous_policy)
 
 
 def inference_model(model):

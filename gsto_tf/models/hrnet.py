@@ -134,8 +134,8 @@ def _seg_head(xs, num_classes, prefix, sync):
     x = UpsampleConcatConv1x1(channels, use_bias=True, name=f"{prefix}.0")(xs)
     x = batch_norm(x, f"{prefix}.1", sync)
     x = relu(x, f"{prefix}.2")
-    # Logits in float32 even under a mixed-precision policy (stable softmax / loss).
-    return conv2d(x, num_classes, 1, f"{prefix}.3", use_bias=True, dtype="float32")
+    # Logits in float32 even under a mixed-precision policy (stable softmax / loss); float64 in a float64 model.
+    return conv2d(x, num_classes, 1, f"{prefix}.3", use_bias=True, dtype=out_names.logits_dtype())
 
 
 def _class_map_gate(logits, name, num_downsamples, sync):

@@ -5,16 +5,19 @@ auxiliary predictions used only for training (deep supervision). Keeping names a
 models, the loss and the docs cannot disagree.
 """
 
+import keras
+
 FINAL_LOGITS = "logits"
 
-# GSTO-HRNet (SPEC §2): loss = CE(final) + 0.5 CE(stage-3 aux) + 0.3 CE(stage-2 aux).
+# GSTO-HRNet (official GSTO utils/utils.py FullModel): loss = CE(final) + 0.5 CE(stage-3 aux)
+# + 0.3 CE(stage-2 aux).
 AUX_STAGE3 = "aux_stage3"
 AUX_STAGE2 = "aux_stage2"
 # PSPNet / DeepLab-style heads: the standard FCN auxiliary head on stage-3 features (weight 0.4).
 AUX_FCN = "aux_fcn"
-# PPM / ASPP "w/ sup" variants: the class-score map P predicted from the head's input (SPEC §1 eq. 5), supervised by
-# the ground truth; in "gsto_sup" it drives the gates. No published weight: 0.4 = the weight of the FCN aux head on
-# the same (stride-8) features, inside GSTO-HRNet's 0.3-0.5 range for its class-map predictors.
+# PPM / ASPP "w/ sup" variants: the class-score map P predicted from the head's input (GSTO paper eq. 5), supervised
+# by the ground truth; in "gsto_sup" it drives the gates. No published weight: 0.4 = the weight of the FCN aux head
+# on the same (stride-8) features, inside GSTO-HRNet's 0.3-0.5 range for its class-map predictors.
 AUX_CLASS_MAP = "aux_class_map"
 
 AUX_LOSS_WEIGHTS = {
@@ -35,3 +38,12 @@ def loss_weight(output_name):
             f"no loss weight registered for model output '{output_name}'; "
             f"known outputs: {sorted(AUX_LOSS_WEIGHTS)} (see gsto_tf/models/outputs.py)"
         ) from None
+
+
+def logits_dtype():
+    """dtype of the layers that produce logits, from the global dtype policy at build time.
+
+    float32, also under a mixed-precision policy (a stable softmax and loss), unless the policy keeps its variables
+    in float64: a float64 model keeps float64 logits.
+    """
+    return "float64" if keras.config.dtype_policy().variable_dtype == "float64" else "float32"

@@ -7,6 +7,7 @@ last committed chunk and redoes the rest exactly (same batches, same weights), s
 twice. A chunk that ended because training stopped (a non-finite loss) is not committed.
 """
 
+import contextlib
 import csv
 import io
 import math
@@ -160,14 +161,18 @@ class LatestAndBestCheckpoint(keras.callbacks.Callback):
     """``latest.keras`` after every chunk; every ``eval_every`` chunks an evaluation and ``best.keras``.
 
     The best-so-far mIoU lives in ``state.best_miou`` (a :class:`ResumeState`), so it survives a resume.
+    ``eval_context``: optional ``model -> context manager`` entered around each evaluation and its ``best.keras``
+    save (PreciseBN: :func:`gsto_tf.training.precise_bn.precise_bn_applied` re-estimates the BN statistics for them
+    and restores the training ones afterwards, so training and its backups do not depend on evaluations).
     """
 
-    def __init__(self, directory, state, evaluate_fn=None, eval_every=0, writer_dir=None):
+    def __init__(self, directory, state, evaluate_fn=None, eval_every=0, writer_dir=None, eval_context=None):
         super().__init__()
         self.directory = directory
         self.state = state
         self.evaluate_fn = evaluate_fn
         self.eval_every = eval_every
+        self.eval_context = eval_context
         self.writer = tf.summary.create_file_writer(writer_dir) if writer_dir else None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -175,13 +180,14 @@ class LatestAndBestCheckpoint(keras.callbacks.Callback):
             return
         save_model_atomically(self.model, os.path.join(self.directory, "latest.keras"))
         if self.evaluate_fn is not None and self.eval_every and (epoch + 1) % self.eval_every == 0:
-            metrics = self.evaluate_fn(self.model)
+            with self.eval_context(self.model) if self.eval_context else contextlib.nullcontext():
+                metrics = self.evaluate_fn(self.model)
+                keep_if_best(self.model, metrics.miou, self.state, os.path.join(self.directory, "best.keras"))
             if logs is not None:
                 logs["val_miou"] = metrics.miou
             if self.writer is not None:
                 with self.writer.as_default():
                     tf.summary.scalar("val_miou", metrics.miou, step=epoch + 1)
-            keep_if_best(self.model, metrics.miou, self.state, os.path.join(self.directory, "best.keras"))
 
 
 def keep_if_best(model, miou, state, path):

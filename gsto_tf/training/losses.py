@@ -1,7 +1,9 @@
-"""Segmentation losses (SPEC §6): cross-entropy with ignore label, class weights and OHEM.
+"""Segmentation losses of HRNet (lib/core/criterion.py): cross-entropy with ignore label, class weights and OHEM.
 
 Logits are bilinearly resized to the label size first (:func:`gsto_tf.layers.resize.resize_bilinear`), then
-the loss is computed in float32 whatever the compute dtype. Conventions follow PyTorch / HRNet:
+the loss is computed in float32 whatever the compute dtype (bfloat16 / float16 logits included), or in float64 for
+float64 logits (a float64 model, trained with ``keras.config.set_floatx("float64")``: Keras casts the logits to
+floatx before the loss). Conventions follow PyTorch / HRNet:
 
 * plain / weighted CE = ``sum_p w[y_p] * ce_p / sum_p w[y_p]`` over valid (non-ignore) pixels
   (``nn.CrossEntropyLoss(weight, ignore_index)``);
@@ -73,7 +75,8 @@ class SegmentationLoss(keras.losses.Loss):
         labels = tf.cast(y_true, tf.int32)
         if labels.shape.rank == 4:
             labels = labels[..., 0]
-        logits = resize_bilinear(tf.cast(y_pred, tf.float32), tf.shape(labels)[1:3])
+        dtype = tf.float64 if y_pred.dtype == tf.float64 else tf.float32
+        logits = resize_bilinear(tf.cast(y_pred, dtype), tf.shape(labels)[1:3])
         labels = tf.reshape(labels, [-1])
         logits = tf.reshape(logits, [-1, self.num_classes])
         # Ignored pixels are masked with weights, not removed with boolean_mask: gathering the [pixels, K] logits
@@ -82,9 +85,9 @@ class SegmentationLoss(keras.losses.Loss):
         valid = tf.not_equal(labels, self.ignore_label)
         safe_labels = tf.where(valid, labels, 0)
         ce = pixel_cross_entropy(logits, safe_labels)
-        weights = tf.cast(valid, tf.float32)
+        weights = tf.cast(valid, dtype)
         if self.class_weights is not None:
-            weights *= tf.gather(tf.constant(self.class_weights, tf.float32), safe_labels)
+            weights *= tf.gather(tf.constant(self.class_weights, dtype), safe_labels)
         if not self.ohem:
             return tf.math.divide_no_nan(tf.reduce_sum(weights * ce), tf.reduce_sum(weights))
         prob_gt = tf.exp(-ce)  # softmax probability of the ground-truth class
@@ -93,7 +96,7 @@ class SegmentationLoss(keras.losses.Loss):
         sorted_prob = tf.sort(tf.where(valid, prob_gt, 2.0))
         kth = tf.gather(sorted_prob, tf.minimum(self.ohem_min_kept, tf.maximum(n_valid - 1, 0)))
         threshold = tf.maximum(kth, self.ohem_thresh)
-        kept = tf.cast(tf.logical_and(valid, prob_gt < threshold), tf.float32)
+        kept = tf.cast(tf.logical_and(valid, prob_gt < threshold), dtype)
         return tf.math.divide_no_nan(tf.reduce_sum(kept * weights * ce), tf.reduce_sum(kept))
 
     def get_config(self):

@@ -1,5 +1,14 @@
-"""Training with ``model.fit`` under a tf.distribute strategy, resumable, then evaluation."""
+"""Training with ``model.fit`` under a tf.distribute strategy, resumable, then evaluation.
 
+With ``eval.precise_bn_batches = N > 0`` the BN statistics are re-estimated (PreciseBN,
+:mod:`gsto_tf.training.precise_bn`) over N augmented training batches, the weights frozen: for each periodic
+evaluation and its ``best.keras`` (then the training statistics are put back, so training and its resumable
+backups never depend on evaluations), and once at the end, before ``final.keras`` is written and evaluated. The
+batches are those that would follow the last training step in the training order (same seed and augmentation),
+so a resumed run re-estimates from the same batches and ends with the same weights.
+"""
+
+import contextlib
 import dataclasses
 import os
 import time
@@ -25,6 +34,7 @@ from gsto_tf.training.config import validate_config
 from gsto_tf.training.distribute import make_strategy
 from gsto_tf.training.losses import CITYSCAPES_CLASS_WEIGHTS, SegmentationLoss
 from gsto_tf.training.optimizer import TorchSGD, poly_schedule
+from gsto_tf.training.precise_bn import precise_bn, precise_bn_applied
 from gsto_tf.training.run_dir import claim_run_dir
 
 
@@ -72,10 +82,17 @@ def build_model(config, num_classes, replicas=1):
 
 def compile_model(model, config, spec, total_steps):
     """Compile ``model`` for training as the experiments do: one :class:`SegmentationLoss` per output, weighted as
-    in :mod:`gsto_tf.models.outputs`, and :class:`TorchSGD` with the poly schedule over ``total_steps``.
+    in :mod:`gsto_tf.models.outputs`, and :class:`TorchSGD` with the poly schedule over ``total_steps`` (HRNet's
+    order: :class:`~gsto_tf.training.optimizer.PolyDecay`; ``train.lr_power=0`` gives a constant lr).
 
-    Returns the model. Call inside the strategy scope.
+    A float64 model (``build(..., dtype="float64")``) trains in float64 only with ``keras.config.floatx()`` set to
+    ``"float64"``: Keras' compiled loss casts every output's loss to floatx. Returns the model. Call inside the
+    strategy scope.
     """
+    if any(v.dtype == "float64" for v in model.trainable_weights) and keras.config.floatx() != "float64":
+        raise ValueError(f"compile_model: model '{model.name}' has float64 weights but keras.config.floatx() is "
+                         f"{keras.config.floatx()!r}; call keras.config.set_floatx('float64') before compiling, or "
+                         "Keras casts its losses (and so the gradients) to float32")
     optimizer = TorchSGD(poly_schedule(config.train.lr, total_steps, config.train.lr_power),
                          momentum=config.train.momentum, weight_decay_l2=config.train.weight_decay)
     names = list(model.output)
@@ -92,23 +109,25 @@ def _total_steps(config, num_samples):
     raise ValueError("set train.steps or train.epochs")
 
 
-def _callbacks(run_dir, state, nan_guard, run_eval, config, chunk, initial_chunk):
+def _callbacks(run_dir, state, nan_guard, run_eval, config, chunk, initial_chunk, eval_context=None):
     # Order matters: the chunk-end callbacks write their files first; ResumeCallback, last, commits the chunk.
     return [
         nan_guard,
         LearningRateLogger(),
         LatestAndBestCheckpoint(os.path.join(run_dir, "checkpoints"), state, run_eval, config.train.eval_every,
-                                os.path.join(run_dir, "logs")),
+                                os.path.join(run_dir, "logs"), eval_context=eval_context),
         HistoryLog(os.path.join(run_dir, "history.csv"), chunk, initial_chunk),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), update_freq="epoch", write_graph=False),
         ResumeCallback(state),
     ]
 
 
-def _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks, state):
-    """Write ``final.keras``; evaluate, save the metrics, and keep the final model as ``best.keras`` when it beats
-    the best periodic evaluation (or none was made)."""
+def _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks, state, before_save=None):
+    """``before_save(model)`` (PreciseBN), then write ``final.keras``; evaluate, save the metrics, and keep the final
+    model as ``best.keras`` when it beats the best periodic evaluation (or none was made)."""
     checkpoints = os.path.join(run_dir, "checkpoints")
+    if before_save is not None:
+        before_save(model)
     save_model_atomically(model, os.path.join(checkpoints, "final.keras"))
     if not evaluate_at_end:
         return None
@@ -144,6 +163,7 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
     if global_batch % replicas:
         raise ValueError(f"train.global_batch_size={global_batch} is not divisible by {replicas} replicas")
     total_steps = _total_steps(config, len(samples))
+    precise_bn_batches = config.eval.precise_bn_batches
     chunk = _chunking(total_steps, config.train.checkpoint_every)
     num_chunks = total_steps // chunk
     print(f"training {config.model.name} on {spec.name} ({len(samples)} images): {total_steps} steps, "
@@ -161,9 +181,12 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
     if initial_chunk:
         print(f"resuming from step {initial_chunk * chunk} (backup in {run_dir}/backup)")
 
-    ds = build_train_dataset(spec.name, data_dir, global_batch_size=global_batch, seed=config.train.seed,
-                             crop_size=config.data.crop_size, scale_range=config.data.scale_range,
-                             photometric=config.data.photometric, start_step=initial_chunk * chunk)
+    def train_batches(start_step):
+        return build_train_dataset(spec.name, data_dir, global_batch_size=global_batch, seed=config.train.seed,
+                                   crop_size=config.data.crop_size, scale_range=config.data.scale_range,
+                                   photometric=config.data.photometric, start_step=start_step)
+
+    ds = train_batches(initial_chunk * chunk)
     names = list(model.output)
     ds = ds.map(lambda x, y: (x, {n: y for n in names}))
 
@@ -173,15 +196,29 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
         return evaluate(inference_model(m), build_eval_dataset(spec.name, data_dir), spec, setting=setting,
                         limit=config.eval.limit, progress=verbose > 0)
 
+    eval_context = apply_precise_bn = None
+    if precise_bn_batches:
+        @contextlib.contextmanager
+        def eval_context(m):
+            with precise_bn_applied(m, train_batches(total_steps), precise_bn_batches, strategy) as updated:
+                print(f"\nPreciseBN: BN statistics of {updated} layers re-estimated over {precise_bn_batches} "
+                      "training batches for this evaluation and best.keras")
+                yield
+
+        def apply_precise_bn(m):
+            updated = precise_bn(m, train_batches(total_steps), precise_bn_batches, strategy)
+            print(f"PreciseBN applied: BN statistics of {updated} layers re-estimated over {precise_bn_batches} "
+                  "augmented training batches (weights frozen); final.keras carries them")
+
     nan_guard = NaNGuard(chunk, initial_chunk)
     history = None
     if initial_chunk < num_chunks:
-        callbacks = _callbacks(run_dir, state, nan_guard, run_eval, config, chunk, initial_chunk)
+        callbacks = _callbacks(run_dir, state, nan_guard, run_eval, config, chunk, initial_chunk, eval_context)
         history = model.fit(ds, epochs=num_chunks, steps_per_epoch=chunk, initial_epoch=initial_chunk, shuffle=False,
                             callbacks=callbacks, verbose=verbose)
     final_loss = float(history.history["loss"][-1]) if history and history.history.get("loss") else float("nan")
     if nan_guard.failed_step is not None:
         return TrainResult(run_dir, nan_guard.failed_step, final_loss, None, time.time() - start,
                            stopped_on_nan_at=nan_guard.failed_step)
-    metrics = _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks, state)
+    metrics = _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks, state, apply_precise_bn)
     return TrainResult(run_dir, total_steps, final_loss, metrics, time.time() - start)
