@@ -311,3 +311,11 @@ def test_convert_refuses_a_short_storage_and_writes_nothing(small_model, tmp_pat
         main(["convert", str(tmp_path / "short.pth"), "--model", "hrnetv2_w18_small_v1", "--output", str(out)])
     assert not out.exists()
     assert main(["convert", str(good), "--model", "hrnetv2_w18_small_v1", "--output", str(out)]) == 0
+
+
+def test_official_checkpoint_head_of_another_class_count_is_refused(small_model, tmp_path):
+    path = tmp_path / "five.npz"
+    np.savez(path, **_tiny_state(small_model))  # a 5-class head
+    with pytest.raises(CheckpointError, match=r"five\.npz: the checkpoint predicts 5 classes, but dataset 'lip' has "
+                                              r"20"):
+        load_checkpoint(path, name="hrnetv2_w18_small_v1", num_classes=20, classes_of="dataset 'lip'")

@@ -56,3 +56,27 @@ def test_eval_cli_with_submission_pngs(tmp_path, checkpoint):
     png = np.asarray(Image.open(sub / "aachen_000000_000019_leftImg8bit.png"))
     valid_ids = {7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33}
     assert png.shape == (16, 32) and set(np.unique(png)) <= valid_ids  # label ids, not train ids
+
+
+def test_checkpoint_of_another_class_count_is_refused(tmp_path, checkpoint):
+    from gsto_tf.data import build_eval_dataset, ensure_synthetic
+    from gsto_tf.evaluation import evaluate
+    from gsto_tf.models import CheckpointError, load_checkpoint
+
+    data = ensure_synthetic(str(tmp_path / "syn"), height=16, width=32, train=2, val=2)  # 8 classes
+    write_png(str(tmp_path / "in" / "a.png"), np.zeros((9, 13, 3), np.uint8))
+    expected = r"pointwise\.keras: the checkpoint predicts 19 classes, but dataset 'synthetic' has 8"
+    with pytest.raises(SystemExit, match=expected):
+        main(["eval", "--dataset", "synthetic", "--data-dir", data, "--checkpoint", checkpoint, "--ss",
+              "--run-dir", str(tmp_path / "ev")])
+    with pytest.raises(SystemExit, match=expected):
+        main(["predict", str(tmp_path / "in"), "--checkpoint", checkpoint, "--dataset", "synthetic",
+              "--output", str(tmp_path / "pred")])
+    with pytest.raises(SystemExit, match=expected):
+        main(["export", "--checkpoint", checkpoint, "--dataset", "synthetic", "--output", str(tmp_path / "sm")])
+    assert not any((tmp_path / name).exists() for name in ("ev", "pred", "sm"))
+    with pytest.raises(SystemExit, match=r"predicts 19 classes, but --num-classes has 8"):
+        main(["eval", "--dataset", "cityscapes", "--num-classes", "8", "--checkpoint", checkpoint])
+    model, _ = load_checkpoint(checkpoint)  # the library call checks too
+    with pytest.raises(CheckpointError, match=r"evaluate: the checkpoint predicts 19 classes, but dataset 'synth"):
+        evaluate(model, build_eval_dataset("synthetic", data), "synthetic")

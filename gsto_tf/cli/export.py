@@ -15,7 +15,8 @@ def add_arguments(parser):
                         help="TFLite input HxW (default 512x1024), or 'dynamic' for any size (resized at run time)")
     parser.add_argument("--output", required=True, help="SavedModel folder or .tflite file")
     parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--dataset", default="synthetic", help="images for int8 calibration and the parity report")
+    parser.add_argument("--dataset", help="gives the images for int8 calibration and the parity report (default: the "
+                        "built-in synthetic set); when given, the checkpoint must predict its classes")
     parser.add_argument("--data-dir")
     parser.add_argument("--num-images", type=int, default=8, help="images for calibration / parity")
 
@@ -32,9 +33,13 @@ def sample_images(dataset, data_dir, size, count):
 
 
 def main(args):
-    spec = get_dataset_spec(args.dataset)
+    spec = get_dataset_spec(args.dataset or "synthetic")
+    if args.dataset is None and args.checkpoint.endswith(".weights.h5"):
+        raise SystemExit("export: a .weights.h5 checkpoint needs --model and --dataset (which gives its classes)")
     try:
-        model, _ = load_checkpoint(args.checkpoint, name=args.model, num_classes=spec.num_classes)
+        model, _ = load_checkpoint(args.checkpoint, name=args.model,
+                                   num_classes=spec.num_classes if args.dataset else None,
+                                   classes_of=f"dataset '{spec.name}'")
     except CheckpointError as exc:
         raise SystemExit(f"export: {exc}") from None
     if args.format == "saved_model":

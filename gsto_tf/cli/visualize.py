@@ -30,7 +30,8 @@ def _models(args, spec):
     if not args.checkpoint:
         raise SystemExit(f"visualize {args.kind}: --checkpoint is required")
     try:
-        models = [load_checkpoint(p, name=args.model, num_classes=spec.num_classes)[0] for p in args.checkpoint]
+        models = [load_checkpoint(p, name=args.model, num_classes=spec.num_classes,
+                                  classes_of=f"dataset '{spec.name}'")[0] for p in args.checkpoint]
     except CheckpointError as exc:
         raise SystemExit(f"visualize: {exc}") from None
     # Row labels: the model names, made unique with the checkpoint path when two models share a name.

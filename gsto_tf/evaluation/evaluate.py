@@ -8,10 +8,12 @@ import time
 import numpy as np
 
 from gsto_tf.data.layouts import instance_label_path, read_instance_ids
+from gsto_tf.data.decode import read_checked
 from gsto_tf.data.registry import get_dataset_spec
 from gsto_tf.evaluation.inference import Predictor
 from gsto_tf.evaluation.metrics import InstanceStats, SegmentationMetrics, category_indices, confusion_matrix_np
 from gsto_tf.evaluation.settings import TestSetting
+from gsto_tf.models.checkpoints import check_num_classes
 
 
 def evaluate(model, dataset, spec, *, setting=None, limit=None, progress=True, on_prediction=None):
@@ -23,6 +25,7 @@ def evaluate(model, dataset, spec, *, setting=None, limit=None, progress=True, o
     beside the label); then every image must have one.
     """
     spec = get_dataset_spec(spec)
+    check_num_classes(model, spec.num_classes, "evaluate", f"dataset '{spec.name}'")
     setting = setting or TestSetting()
     predictor = Predictor(model, scales=setting.scales, flip=setting.flip, mode=setting.mode,
                           crop_size=setting.crop_size, stride=setting.stride, flip_pairs=spec.flip_pairs)
@@ -32,7 +35,7 @@ def evaluate(model, dataset, spec, *, setting=None, limit=None, progress=True, o
     label_lut = spec.label_lut()
     start = time.time()
     n = 0
-    for n, sample in enumerate(dataset, 1):
+    for n, sample in enumerate(read_checked(dataset), 1):  # a bad file: a one-line DatasetError naming it
         pred = predictor.predict(sample["image"]).numpy()
         label = sample["label"].numpy()
         confusion += confusion_matrix_np(label, pred, k, spec.ignore_label)

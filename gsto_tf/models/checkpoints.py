@@ -451,9 +451,39 @@ def _infer_num_classes(state):
     return None
 
 
+def model_num_classes(model):
+    """The number of classes of a model's final logits, or None for a model without a symbolic output."""
+    from gsto_tf.models.factory import inference_model
+
+    try:
+        return int(inference_model(model).output.shape[-1])
+    except (AttributeError, ValueError, TypeError):  # a subclassed model that was never called symbolically
+        return None
+
+
+def check_num_classes(model, num_classes, source, classes_of=None):
+    """:class:`CheckpointError` when ``model`` predicts another number of classes than ``num_classes``.
+
+    ``classes_of`` says where ``num_classes`` comes from (e.g. "dataset 'cityscapes'"): a 19-class checkpoint
+    evaluated on an 8-class dataset would otherwise report a meaningless score.
+    """
+    _check_class_count(model_num_classes(model), num_classes, source, classes_of)
+
+
+def _check_class_count(found, num_classes, source, classes_of):
+    if num_classes is not None and found is not None and found != num_classes:
+        where = f"{classes_of} has {num_classes}" if classes_of else f"{num_classes} were asked for"
+        raise CheckpointError(f"{source}: the checkpoint predicts {found} classes, but {where}; use the dataset "
+                              "(or --num-classes) the checkpoint was trained for")
+
+
 def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, backbone_only=False,
-                    **build_options):
+                    classes_of=None, **build_options):
     """Load any gsto_tf checkpoint; returns ``(model, report)`` (report is None for Keras formats).
+
+    ``num_classes``, when given, is also checked: a checkpoint that predicts another number of classes raises
+    :class:`CheckpointError` naming both numbers (``classes_of`` names their source in the message, e.g.
+    ``"dataset 'lip'"``).
 
     * ``.keras``: a full saved model (``model`` / ``name`` not needed);
     * ``.weights.h5``: Keras weights into ``model`` or into ``build(name, num_classes, **build_options)``;
@@ -473,9 +503,11 @@ def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, 
         try:
             # compile=False: a training checkpoint stores its optimizer (TorchSGD) and losses, which loading for
             # inference needs neither to import nor to rebuild; recompile to train further.
-            return keras.saving.load_model(path, compile=False), None
+            loaded = keras.saving.load_model(path, compile=False)
         except Exception as exc:  # keras raises many types for a corrupt archive
             raise CheckpointError(f"{path}: cannot load Keras model ({type(exc).__name__}: {exc}).") from None
+        check_num_classes(loaded, num_classes, path, classes_of)
+        return loaded, None
     if path.endswith(".weights.h5"):
         if model is None:
             if name is None or num_classes is None:
@@ -491,7 +523,9 @@ def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, 
         if model is None:
             if name is None:
                 raise CheckpointError(f"{path}: an official checkpoint needs `model` or a model `name`.")
-            num_classes = num_classes or (None if backbone_only else _infer_num_classes(state))
+            in_file = None if backbone_only else _infer_num_classes(state)
+            _check_class_count(in_file, num_classes, path, classes_of)
+            num_classes = num_classes or in_file
             if num_classes is None:
                 raise CheckpointError(f"{path}: cannot infer the number of classes; pass `num_classes`.")
             model = build(name, num_classes, **build_options)
