@@ -1,10 +1,46 @@
 """Atomic file writes: write to a temp file in the destination folder, then rename over the destination.
 
-A reader (or a run killed mid-write) never sees half a checkpoint, table or label file.
+A reader (or a run killed mid-write) never sees half a checkpoint, table or label file. Temp files and folders
+are created private (``mkstemp`` / ``mkdtemp`` use 0600 / 0700); what is renamed into place gets the permissions
+any new file would get (0666 / 0777 minus the umask), so a server running as another user can read an export.
 """
 
 import os
 import tempfile
+
+
+def _umask():
+    """The process umask, read from /proc where possible (setting it to read it back is not thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_permissions(path, recursive=False):
+    """Give ``path`` (and with ``recursive`` everything below it) the mode a newly created file (0666) or folder
+    (0777) gets under the umask. TensorFlow, for one, creates the folders of a SavedModel 0755 whatever the umask."""
+    mask = _umask()
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
+    if recursive:
+        for folder, dirs, files in os.walk(path):
+            for name in dirs:
+                os.chmod(os.path.join(folder, name), 0o777 & ~mask)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o666 & ~mask)
+
+
+def make_temp_dir(parent, prefix):
+    """A new folder in ``parent`` for an atomic folder write, with the usual (umask) permissions."""
+    path = tempfile.mkdtemp(dir=parent, prefix=prefix)
+    default_permissions(path)
+    return path
 
 
 def write_atomically(path, write):
@@ -19,6 +55,7 @@ def write_atomically(path, write):
     os.close(fd)
     try:
         write(tmp)
+        default_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
