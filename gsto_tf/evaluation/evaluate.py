@@ -27,8 +27,7 @@ def evaluate(model, dataset, spec, *, setting=None, limit=None, progress=True, o
     spec = get_dataset_spec(spec)
     check_num_classes(model, spec.num_classes, "evaluate", f"dataset '{spec.name}'")
     setting = setting or TestSetting()
-    predictor = Predictor(model, scales=setting.scales, flip=setting.flip, mode=setting.mode,
-                          crop_size=setting.crop_size, stride=setting.stride, flip_pairs=spec.flip_pairs)
+    predictor = Predictor.from_setting(model, setting, spec.flip_pairs)
     k = spec.num_classes
     confusion = np.zeros((k, k), np.int64)
     instance = InstanceStats.for_dataset(spec)
