@@ -63,6 +63,22 @@ def write_atomically(path, write):
     return path
 
 
+def save_model_atomically(model, path, weights_beside=False):
+    """``model.save(path)`` (a ``.keras`` file) through a temp file in the same folder + rename, so a reader never
+    sees half a file. ``weights_beside``: also ``model.save_weights`` to the same path with ``.weights.h5``,
+    written first. Returns the written paths: ``(path,)`` or ``(path, weights_path)``."""
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"save_model_atomically: expected a path ending in .keras, got {path!r}")
+    written = (path,)
+    if weights_beside:
+        weights_path = path[: -len(".keras")] + ".weights.h5"
+        write_atomically(weights_path, model.save_weights)
+        written += (weights_path,)
+    write_atomically(path, model.save)
+    return written
+
+
 def save_png(path, array):
     """Write a uint8 array (``[H, W]`` label map or ``[H, W, 3]`` RGB) as a PNG, atomically."""
     from PIL import Image

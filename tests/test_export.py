@@ -208,8 +208,7 @@ def test_tflite_export_refuses_to_overwrite_without_the_flag(tmp_path):
 
 @pytest.mark.parametrize("umask", [0o022, 0o002])
 def test_exports_and_checkpoints_get_umask_permissions(tmp_path, umask):
-    from gsto_tf.atomic import save_png
-    from gsto_tf.cli.convert import save_model_atomically
+    from gsto_tf.atomic import save_model_atomically, save_png
 
     model = _pointwise()
     old = os.umask(umask)
@@ -221,7 +220,7 @@ def test_exports_and_checkpoints_get_umask_permissions(tmp_path, umask):
             assert all(os.stat(os.path.join(folder, d)).st_mode & 0o777 == dir_mode for d in dirs)
             assert all(os.stat(os.path.join(folder, f)).st_mode & 0o777 == file_mode for f in files), files
         lite = export_tflite(model, tmp_path / "m.tflite", (32, 32))
-        keras_path, weights = save_model_atomically(model, str(tmp_path / "m.keras"))
+        keras_path, weights = save_model_atomically(model, tmp_path / "m.keras", weights_beside=True)
         png = save_png(tmp_path / "p.png", np.zeros((2, 2), np.uint8))
         for path in (lite, keras_path, weights, png):
             assert os.stat(path).st_mode & 0o777 == file_mode, path
