@@ -1,6 +1,8 @@
 """Atomic file writes: write to a temp file in the destination folder, then rename over the destination.
 
-A reader (or a run killed mid-write) never sees half a checkpoint, table or label file.
+A reader (or a run killed mid-write) never sees half a checkpoint, table or label file. Temp files and folders
+are created private (``mkstemp`` / ``mkdtemp`` use 0600 / 0700); what is renamed into place gets the permissions
+any new file would get (0666 / 0777 minus the umask), so a server running as another user can read an export.
 """
 
 import contextlib
@@ -58,6 +60,40 @@ def remove_temp_files(directory):
     return removed
 
 
+def _umask():
+    """The process umask, read from /proc where possible (setting it to read it back is not thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_permissions(path, recursive=False):
+    """Give ``path`` (and with ``recursive`` everything below it) the mode a newly created file (0666) or folder
+    (0777) gets under the umask. TensorFlow, for one, creates the folders of a SavedModel 0755 whatever the umask."""
+    mask = _umask()
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
+    if recursive:
+        for folder, dirs, files in os.walk(path):
+            for name in dirs:
+                os.chmod(os.path.join(folder, name), 0o777 & ~mask)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o666 & ~mask)
+
+
+def make_temp_dir(parent, prefix):
+    """A new folder in ``parent`` for an atomic folder write, with the usual (umask) permissions."""
+    path = tempfile.mkdtemp(dir=parent, prefix=prefix)
+    default_permissions(path)
+    return path
+
+
 def write_atomically(path, write):
     """Call ``write(tmp_path)`` and rename ``tmp_path`` to ``path``. The temp file keeps the full extension of
     ``path`` (``.keras``, ``.weights.h5``, ``.csv``), which writers such as Keras' ``save`` check."""
@@ -71,11 +107,28 @@ def write_atomically(path, write):
     try:
         with storage_errors(path):
             write(tmp)
+        default_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def save_model_atomically(model, path, weights_beside=False):
+    """``model.save(path)`` (a ``.keras`` file) through a temp file in the same folder + rename, so a reader never
+    sees half a file. ``weights_beside``: also ``model.save_weights`` to the same path with ``.weights.h5``,
+    written first. Returns the written paths: ``(path,)`` or ``(path, weights_path)``."""
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"save_model_atomically: expected a path ending in .keras, got {path!r}")
+    written = (path,)
+    if weights_beside:
+        weights_path = path[: -len(".keras")] + ".weights.h5"
+        write_atomically(weights_path, model.save_weights)
+        written += (weights_path,)
+    write_atomically(path, model.save)
+    return written
 
 
 def save_png(path, array):

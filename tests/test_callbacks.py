@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gsto_tf.training.callbacks import LatestAndBestCheckpoint, NaNGuard, save_model_atomically
+from gsto_tf.training.callbacks import LatestAndBestCheckpoint, NaNGuard, ResumeState, save_model_atomically
 
 
 def _tiny_model():
@@ -60,7 +60,8 @@ def test_eval_context_wraps_evaluation_and_best_save_only(tmp_path):
         seen.append(m.weights[0].numpy().copy())
         return Metrics()
 
-    callback = LatestAndBestCheckpoint(str(tmp_path), evaluate, eval_every=1, eval_context=shifted)
+    state = ResumeState(str(tmp_path / "backup"), model, keras.optimizers.SGD())
+    callback = LatestAndBestCheckpoint(str(tmp_path), state, evaluate, eval_every=1, eval_context=shifted)
     callback.set_model(model)
     callback.on_epoch_end(0, {})
     np.testing.assert_array_equal(seen[0], original + 1.0)

@@ -1,4 +1,5 @@
 import os
+import pathlib
 import pickle
 import zipfile
 
@@ -187,3 +188,134 @@ def test_official_gsto_checkpoint_loads_into_an_ablation_subset(fixtures_dir):
     for layer in model.layers:  # every weight the subset has is the official one
         if "att_layers" in layer.name and layer.weights:
             np.testing.assert_array_equal(layer.weights[0].numpy(), full.get_layer(layer.name).weights[0].numpy())
+
+
+# --- crafted .pth files: every tensor is checked against its storage before a byte is read ----------------------
+
+from torch_zip import Call, Global, Storage, tensor, write_pth, write_state_dict  # noqa: E402
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+def test_crafted_writer_mirrors_torch_save(tmp_path):
+    """The test writer produces files the reader reads like the vendored torch.save fixture."""
+    official = read_state_dict(FIXTURES / "hrnetv2_w18s1_c19.pth")
+    again = read_state_dict(write_state_dict(tmp_path / "again.pth", {f"model.{k}": v for k, v in official.items()}))
+    assert sorted(again) == sorted(official)
+    for key in official:
+        np.testing.assert_array_equal(again[key], official[key])
+
+
+def test_strided_offset_and_shared_storage_tensors_are_read_like_torch(tmp_path):
+    data = np.arange(24, dtype=np.float32)
+    state = {
+        "a": tensor(Storage("0"), 0, (2, 3, 4), (12, 4, 1)),  # contiguous
+        "t": tensor(Storage("0"), 0, (4, 6), (1, 4)),  # a transposed view of the same storage
+        "s": tensor(Storage("0"), 5, (3, 2), (6, 2)),  # offset + strides
+        "one": tensor(Storage("0"), 23, (1, 1), (99, 7)),  # strides of size-1 dims are irrelevant
+        "empty": tensor(Storage("0"), 24, (0, 3), (3, 1)),
+        "p": Call(Global("torch._utils", "_rebuild_parameter"), tensor(Storage("0"), 4, (2,), (1,)), True,
+                  Call(Global("collections", "OrderedDict"))),
+    }
+    got = read_state_dict(write_pth(tmp_path / "views.pth", state, {"0": data}))
+    np.testing.assert_array_equal(got["a"], data.reshape(2, 3, 4))
+    np.testing.assert_array_equal(got["t"], data.reshape(6, 4).T)
+    np.testing.assert_array_equal(got["s"], np.lib.stride_tricks.as_strided(data[5:], (3, 2), (24, 8)))
+    np.testing.assert_array_equal(got["one"], [[23.0]])
+    assert got["empty"].shape == (0, 3)
+    np.testing.assert_array_equal(got["p"], [4.0, 5.0])
+
+
+_STORAGE = {"0": np.arange(12, dtype=np.float32)}
+
+
+@pytest.mark.parametrize("name,state,storages,match", [
+    ("offset", {"w": tensor(Storage("0"), 10, (4,), (1,))}, _STORAGE, r"reach element 13.*holds 12 elements"),
+    ("stride", {"w": tensor(Storage("0"), 0, (3, 4), (4, 2))}, _STORAGE, r"reach element 14.*out of range"),
+    ("size", {"w": tensor(Storage("0"), 0, (5, 3), (3, 1))}, _STORAGE, r"size \(5, 3\).*reach element 14"),
+    ("huge_size", {"w": tensor(Storage("0"), 0, (1 << 40,), (1,))}, _STORAGE, r"out of range"),
+    ("huge_broadcast", {"w": tensor(Storage("0"), 0, (1 << 20, 1 << 20), (0, 0))}, _STORAGE,
+     r"more than its storage's 12"),
+    ("too_large_dim", {"w": tensor(Storage("0"), 0, (1 << 70,), (1,))}, _STORAGE, r"expected a tuple of non-neg"),
+    ("negative_stride", {"w": tensor(Storage("0"), 11, (4,), (-1,))}, _STORAGE, r"stride \(-1,\).*non-negative"),
+    ("negative_offset", {"w": tensor(Storage("0"), -4, (4,), (1,))}, _STORAGE, r"offset -4.*non-negative int"),
+    ("short_storage", {"w": tensor(Storage("0", numel=12), 0, (12,), (1,))}, {"0": np.arange(10, dtype="f4")},
+     r"holds 40 bytes.*declares 12 x 4-byte.*truncated or corrupt"),
+    ("declared_longer", {"w": tensor(Storage("0", numel=100), 0, (100,), (1,))}, _STORAGE, r"holds 48 bytes"),
+    ("missing_storage", {"w": tensor(Storage("7", numel=4), 0, (4,), (1,))}, _STORAGE, r"data/7 is missing"),
+    ("offset_type", {"w": tensor(Storage("0"), "0", (4,), (1,))}, _STORAGE, r"offset '0', expected"),
+    ("float_stride", {"w": tensor(Storage("0"), 0, (4,), (1.5,))}, _STORAGE, r"stride \(1\.5,\)"),
+    ("size_type", {"w": tensor(Storage("0"), 0, "abcd", (1,))}, _STORAGE, r"size 'abcd'"),
+    ("bool_size", {"w": tensor(Storage("0"), 0, (True,), (1,))}, _STORAGE, r"size \(True,\)"),
+    ("rank_mismatch", {"w": tensor(Storage("0"), 0, (2, 2), (1,))}, _STORAGE, r"equally long"),
+    ("not_a_storage", {"w": tensor(12, 0, (4,), (1,))}, _STORAGE, r"storage is 12, not a storage"),
+    ("few_args", {"w": Call(Global("torch._utils", "_rebuild_tensor_v2"), Storage("0"))}, _STORAGE,
+     r"with 1 arguments"),
+    ("bad_pid", {"w": tensor(Storage("0", pid=("storage", "x")), 0, (4,), (1,))}, _STORAGE,
+     r"unsupported storage reference"),
+    ("pid_numel_type", {"w": tensor(Storage("0", numel="12"), 0, (4,), (1,))}, _STORAGE,
+     r"malformed storage reference"),
+    ("unknown_dtype", {"w": tensor(Storage("0", "BFloat16Storage"), 0, (4,), (1,))}, _STORAGE,
+     r"torch\.BFloat16Storage is not supported"),
+    ("two_types", {"a": tensor(Storage("0"), 0, (4,), (1,)), "w": tensor(Storage("0", "IntStorage"), 0, (4,), (1,))},
+     _STORAGE, r"two different types"),
+    ("not_a_tensor", {"w": 3}, _STORAGE, r"expected a tensor, got 3"),
+])
+def test_crafted_bad_tensor_is_refused_naming_key_and_file(tmp_path, name, state, storages, match):
+    path = write_pth(tmp_path / f"{name}.pth", state, storages)
+    with pytest.raises(CheckpointError, match=match) as info:
+        read_state_dict(path)
+    assert str(path) in str(info.value) and "tensor 'w'" in str(info.value)
+
+
+def test_truncated_and_corrupt_archives_say_so(tmp_path):
+    good = write_state_dict(tmp_path / "good.pth", {"w": np.ones((64, 64), np.float32)})
+    data = good.read_bytes()
+    for cut in (len(data) // 2, len(data) - 30):
+        (tmp_path / "cut.pth").write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match=r"cut\.pth: truncated or corrupt zip archive"):
+            read_state_dict(tmp_path / "cut.pth")
+    flipped = bytearray(data)
+    flipped[data.index(np.ones(4, np.float32).tobytes()) + 1] ^= 0xFF  # a storage byte: the CRC fails
+    (tmp_path / "crc.pth").write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match=r"crc\.pth: truncated or corrupt zip archive.*CRC"):
+        read_state_dict(tmp_path / "crc.pth")
+    pickled = bytearray(data)
+    start = data.index(b"\x80\x02")
+    pickled[start + 5:start + 40] = b"\xff" * 35  # garbage opcodes in data.pkl
+    (tmp_path / "pkl.pth").write_bytes(bytes(pickled))
+    with pytest.raises(CheckpointError, match=r"pkl\.pth: (corrupt PyTorch checkpoint|truncated or corrupt)"):
+        read_state_dict(tmp_path / "pkl.pth")
+
+
+def test_zip_bomb_storage_is_refused(tmp_path):
+    state = {"w": tensor(Storage("0"), 0, (1 << 22,), (1,))}
+    path = write_pth(tmp_path / "bomb.pth", state, {"0": np.zeros(1 << 22, np.float32)},
+                     compression=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 200_000  # 16 MiB of zeros
+    with pytest.raises(CheckpointError, match=r"bomb\.pth: archive entry .*data/0 expands .*refused"):
+        read_state_dict(path)
+
+
+def test_convert_refuses_a_short_storage_and_writes_nothing(small_model, tmp_path):
+    from gsto_tf.cli import main
+
+    good = tmp_path / "good.pth"
+    write_state_dict(good, _tiny_state(small_model))
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(tmp_path / "short.pth", "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info, data[:-8] if info.filename == "archive/data/0" else data)  # conv1.weight short
+    out = tmp_path / "out.keras"
+    with pytest.raises(SystemExit, match=r"short\.pth: tensor 'model\.conv1\.weight': storage entry"):
+        main(["convert", str(tmp_path / "short.pth"), "--model", "hrnetv2_w18_small_v1", "--output", str(out)])
+    assert not out.exists()
+    assert main(["convert", str(good), "--model", "hrnetv2_w18_small_v1", "--output", str(out)]) == 0
+
+
+def test_official_checkpoint_head_of_another_class_count_is_refused(small_model, tmp_path):
+    path = tmp_path / "five.npz"
+    np.savez(path, **_tiny_state(small_model))  # a 5-class head
+    with pytest.raises(CheckpointError, match=r"five\.npz: the checkpoint predicts 5 classes, but dataset 'lip' has "
+                                              r"20"):
+        load_checkpoint(path, name="hrnetv2_w18_small_v1", num_classes=20, classes_of="dataset 'lip'")

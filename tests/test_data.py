@@ -15,6 +15,7 @@ from gsto_tf.data import (
     get_dataset_spec,
     list_samples,
 )
+from gsto_tf.data.decode import read_checked
 from gsto_tf.data.synthetic import generate_sample
 
 
@@ -24,8 +25,8 @@ def test_cityscapes_label_mapping_table():
     train = spec.map_labels(raw)
     expected = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
                 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
-    for r in range(256):
-        assert train[r] == expected.get(r, 255), r
+    for r in range(256):  # labelIds are 0..33: the others void; 34..255 are no labelIds (errors, -1)
+        assert train[r] == expected.get(r, 255 if r < 34 else -1), r
     np.testing.assert_array_equal(spec.map_labels(tf.constant(raw)).numpy(), train)  # tf == numpy
     assert list(spec.unmap_labels(np.arange(19))) == sorted(expected, key=expected.get)
 
@@ -71,11 +72,12 @@ def test_eval_dataset_maps_labels_at_original_size(tmp_path):
 def test_label_of_other_size_and_bad_values_name_the_file(tmp_path):
     root = tiny_cityscapes(str(tmp_path))
     write_png(f"{root}/gtFine/val/aachen/aachen_000002_000019_gtFine_labelIds.png", np.zeros((5, 5), np.uint8))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="label size differs.*aachen_000002"):
-        list(build_eval_dataset("cityscapes", root))
+    with pytest.raises(DatasetError, match=r"aachen_000002_000019_gtFine_labelIds.png: label size \(5, 5\) differs "
+                                           r"from image size \(20, 30\) of .*aachen_000002_000019_leftImg8bit.png$"):
+        list(read_checked(build_eval_dataset("cityscapes", root)))
     pc = tiny_pascal_context(str(tmp_path / "pc"), max_label=80)  # 60..80 are not classes
-    with pytest.raises(tf.errors.InvalidArgumentError, match="neither a class nor ignore.*2008_00000"):
-        list(build_eval_dataset("pascal_context", pc))
+    with pytest.raises(DatasetError, match=r"2008_00000\d.png: label values \[60 .*\] are neither a class nor ig"):
+        list(read_checked(build_eval_dataset("pascal_context", pc)))
 
 
 def test_undecodable_image_fails(tmp_path):

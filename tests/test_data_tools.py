@@ -10,6 +10,7 @@ from scipy.io import savemat
 from data_utils import tiny_cityscapes, tiny_lip, write_png
 from gsto_tf.cli import main as run
 from gsto_tf.data import DatasetError, build_eval_dataset, get_dataset_spec
+from gsto_tf.data.decode import read_checked
 from gsto_tf.data.pascal_context_mat import PASCAL_CONTEXT_459_IDS, convert_label_map, prepare_pascal_context
 from gsto_tf.data.verify import verify_dataset
 
@@ -81,11 +82,12 @@ def test_verify_reports_every_bad_file_and_counts(tmp_path, capsys):
     rc = run(["data", "verify", "--dataset", "cityscapes", "--data-dir", root])
     out = capsys.readouterr().out
     assert rc == 1
-    assert "cityscapes train: 2 samples (expected 2975)" in out
-    assert "cityscapes val: 5 samples (expected 500), 3 bad" in out
+    assert "cityscapes train: 2 samples, 0 bad\n  note: the published train split has 2975 samples" in out
+    assert "cityscapes val: 5 samples, 3 bad" in out
     assert f"BAD {image.format(root, 0)}: image without label" in out
     assert f"BAD {label.format(root, 1)}: label size (4, 4) differs from image size (20, 30)" in out
-    assert f"BAD {image.format(root, 2)}: undecodable image" in out
+    assert f"BAD {image.format(root, 2)}: undecodable image (not a PNG, JPEG, BMP or GIF file)" in out
+    assert out.strip().endswith("FAILED: 3 bad file(s)")
 
     lip = tiny_lip(str(tmp_path / "lip"), split="val", n=2)
     write_png(f"{lip}/TrainVal_parsing_annotations/val_segmentations/0001.png", np.full((16, 24), 42, np.uint8))
@@ -123,10 +125,15 @@ def test_pipeline_names_undecodable_image_and_label_files(tmp_path):
     image = f"{root}/leftImg8bit/val/aachen/aachen_000001_000019_leftImg8bit.png"
     with open(image, "wb") as f:
         f.write(b"not an image at all")
-    with pytest.raises(tf.errors.InvalidArgumentError, match="undecodable image.*aachen_000001_000019_leftImg8bit"):
+    # iterated directly: TensorFlow's error, with the path in it
+    with pytest.raises(tf.errors.InvalidArgumentError, match="aachen_000001_000019_leftImg8bit.png: undecodable"):
         list(build_eval_dataset("cityscapes", root))
+    # iterated as evaluation does: one line
+    with pytest.raises(DatasetError, match=r"^\S*aachen_000001_000019_leftImg8bit.png: undecodable image \(not a "
+                                           r"PNG, JPEG, BMP or GIF file\)$"):
+        list(read_checked(build_eval_dataset("cityscapes", root)))
     root = tiny_cityscapes(str(tmp_path / "b"), n=2)
     label = f"{root}/gtFine/val/aachen/aachen_000000_000019_gtFine_labelIds.png"
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(label, format="JPEG")  # wrong format, .png name
-    with pytest.raises(tf.errors.InvalidArgumentError, match="undecodable label.*aachen_000000_000019_gtFine"):
-        list(build_eval_dataset("cityscapes", root))
+    with pytest.raises(DatasetError, match="aachen_000000_000019_gtFine_labelIds.png: labels must be .* JPEG data"):
+        list(read_checked(build_eval_dataset("cityscapes", root)))

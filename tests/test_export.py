@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,14 @@ import pytest
 import tensorflow as tf
 
 from gsto_tf.data import normalize_image
-from gsto_tf.export import TFLiteRunner, convert_to_tflite, export_saved_model, export_tflite, parity_report
+from gsto_tf.export import (
+    DEFAULT_MAX_PIXELS,
+    TFLiteRunner,
+    convert_to_tflite,
+    export_saved_model,
+    export_tflite,
+    parity_report,
+)
 from gsto_tf.layers import resize_bilinear
 from gsto_tf.models import build, inference_model
 
@@ -76,6 +84,48 @@ def test_signature_rejects_wrong_dtype_and_rank(saved_model_dir):
         fn(images=tf.zeros((1, 0, 8, 3), tf.uint8))
 
 
+def _pointwise(classes=5):
+    inputs = keras.Input((None, None, 3))
+    return keras.Model(inputs, {"logits": keras.layers.Conv2D(classes, 1)(inputs)})
+
+
+def test_signatures_refuse_other_channel_counts_and_oversized_requests_in_a_server_process(saved_model_dir,
+                                                                                          tmp_path):
+    """The real exports in a separate TensorFlow-only process (a bad request must not abort the server)."""
+    capped = export_saved_model(_pointwise(), tmp_path / "capped", max_pixels=1000)
+    script = textwrap.dedent(f"""
+        import os, sys; os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        import tensorflow as tf
+        for export, shapes in (({saved_model_dir!r}, ((1, 8, 8, 1), (1, 8, 8, 2), (1, 8, 8, 4))),
+                               ({capped!r}, ((2, 20, 30, 3), (1, 20, 30, 3)))):
+            loaded = tf.saved_model.load(export)
+            print("max_pixels", int(loaded.max_pixels.numpy()))
+            for name in ("serving_default", "serving_normalized"):
+                fn = loaded.signatures[name]
+                dtype = tf.uint8 if name == "serving_default" else tf.float32
+                for shape in shapes:
+                    try:
+                        out = fn(images=tf.zeros(shape, dtype))
+                        print(name, shape, "ok", tuple(out["labels"].shape))
+                    except tf.errors.InvalidArgumentError as e:
+                        print(name, shape, "refused:", " ".join(e.message.split()))
+        print("server alive")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=""))
+    assert "server alive" in out.stdout, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert f"max_pixels {DEFAULT_MAX_PIXELS}" in lines and "max_pixels 1000" in lines
+    for name in ("serving_default", "serving_normalized"):
+        for channels in (1, 2, 4):
+            line = next(x for x in lines if x.startswith(f"{name} (1, 8, 8, {channels})"))
+            assert re.search(rf"refused:.*expected RGB images \[N, H, W, 3\], got\] \[{channels}\] \[channels", line)
+        big = next(x for x in lines if x.startswith(f"{name} (2, 20, 30, 3)"))
+        assert re.search(r"refused:.*holds\] \[1200\] \[pixels \(N x H x W\), more than this export allows "
+                         r"\(max_pixels\):\] \[1000\]", big), big
+        assert f"{name} (1, 20, 30, 3) ok (1, 20, 30)" in lines
+
+
 def test_documented_rest_request_decodes_into_the_signature(saved_model_dir):
     # The README's TF Serving request body (row format: "instances" is a list of images).
     body = json.loads('{"signature_name": "serving_default", "instances": [[[[0, 128, 255], [10, 20, 30]], '
@@ -103,10 +153,19 @@ def test_tflite_fp32_and_fp16_parity_builtins_only(model, tmp_path):
     assert report.relative_max_diff <= 1e-4, str(report)
     fp16 = TFLiteRunner(export_tflite(model, tmp_path / "m16.tflite", (64, 96), "fp16"))
     assert parity_report(model, fp16, images, "fp16").argmax_agreement >= 0.995
-    with pytest.raises(ValueError, match=r"m.tflite.*takes \(1, 64, 96, 3\).*--input-size 32x32"):
+    with pytest.raises(ValueError, match=r"m.tflite: this TFLite model was exported for 64x96 images, got 32x32; "
+                                         r"resize the image to 64x96 first .* or export a dynamic-size model"):
         runner(np.zeros((32, 32, 3), np.float32))
     with pytest.raises(ValueError, match=r"shape \(2, 64, 96, 3\).*one RGB image"):
         runner(np.zeros((2, 64, 96, 3), np.float32))
+    with pytest.raises(ValueError, match=r"m.tflite: empty image of shape \(1, 0, 0, 3\)$"):
+        runner(np.zeros((0, 0, 3), np.float32))
+    # uint8 RGB is normalised as the training data was, never run raw
+    raw = _images(1, 64, 96, seed=4)[0]
+    np.testing.assert_array_equal(runner(raw), runner(normalize_image(raw).numpy()))
+    assert not np.allclose(runner(raw), runner(raw.astype(np.float32)))
+    with pytest.raises(ValueError, match=r"image of dtype int32; pass uint8 RGB .* or float32 normalised"):
+        runner(raw.astype(np.int32))
 
 
 def test_tflite_dynamic_size_runs_any_size_with_builtins_only(model, tmp_path):
@@ -120,8 +179,53 @@ def test_tflite_dynamic_size_runs_any_size_with_builtins_only(model, tmp_path):
         report = parity_report(model, runner, images)
         assert report.relative_max_diff <= 1e-4, f"{h}x{w}: {report}"
         assert runner(images[0]).shape == (1, -(-(-(-h // 2)) // 2), -(-(-(-w // 2)) // 2), 5)
-    with pytest.raises(ValueError, match=r"takes \(1, \?, \?, 3\).*one RGB image"):
+    with pytest.raises(ValueError, match=r"input of shape \(1, 16, 16, 1\); pass one RGB image"):
         runner(np.zeros((16, 16, 1), np.float32))
+    with pytest.raises(ValueError, match=r"empty image of shape \(1, 0, 7, 3\)"):
+        runner(np.zeros((0, 7, 3), np.uint8))
+
+
+def test_tflite_export_refuses_to_overwrite_without_the_flag(tmp_path):
+    from gsto_tf.cli import main
+    from gsto_tf.data import ensure_synthetic
+
+    pointwise = _pointwise(8)
+    checkpoint = tmp_path / "pointwise.keras"
+    pointwise.save(checkpoint)
+    data = ensure_synthetic(str(tmp_path / "data"), height=16, width=32, train=2, val=2)
+    out = tmp_path / "m.tflite"
+    out.write_bytes(b"an earlier export")
+    args = ["export", "--checkpoint", str(checkpoint), "--format", "tflite", "--input-size", "16x32",
+            "--data-dir", data, "--num-images", "1", "--output", str(out)]
+    with pytest.raises(SystemExit, match=r"m\.tflite exists \(pass overwrite=True / --overwrite"):
+        main(args)
+    assert out.read_bytes() == b"an earlier export"
+    with pytest.raises(FileExistsError, match="exists"):
+        export_tflite(pointwise, out, (16, 32))
+    assert main(args + ["--overwrite"]) == 0
+    assert TFLiteRunner(out).input_shape == (1, 16, 32, 3)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_exports_and_checkpoints_get_umask_permissions(tmp_path, umask):
+    from gsto_tf.atomic import save_model_atomically, save_png
+
+    model = _pointwise()
+    old = os.umask(umask)
+    try:
+        file_mode, dir_mode = 0o666 & ~umask, 0o777 & ~umask
+        export = export_saved_model(model, tmp_path / "sm")
+        assert os.stat(export).st_mode & 0o777 == dir_mode
+        for folder, dirs, files in os.walk(export):
+            assert all(os.stat(os.path.join(folder, d)).st_mode & 0o777 == dir_mode for d in dirs)
+            assert all(os.stat(os.path.join(folder, f)).st_mode & 0o777 == file_mode for f in files), files
+        lite = export_tflite(model, tmp_path / "m.tflite", (32, 32))
+        keras_path, weights = save_model_atomically(model, tmp_path / "m.keras", weights_beside=True)
+        png = save_png(tmp_path / "p.png", np.zeros((2, 2), np.uint8))
+        for path in (lite, keras_path, weights, png):
+            assert os.stat(path).st_mode & 0o777 == file_mode, path
+    finally:
+        os.umask(old)
 
 
 def test_tflite_bad_arguments(model):

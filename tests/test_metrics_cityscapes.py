@@ -12,9 +12,10 @@ from helpers import pointwise_model
 from PIL import Image
 
 from gsto_tf.data import build_eval_dataset, get_dataset_spec
-from gsto_tf.data.layouts import DatasetError, instance_label_path, list_samples
+from gsto_tf.data.layouts import DatasetError, list_samples
 from gsto_tf.evaluation import SegmentationMetrics, TestSetting, evaluate
-from gsto_tf.evaluation.metrics import InstanceStats, category_indices, confusion_matrix_np
+from gsto_tf.evaluation.instances import InstanceStats, category_indices, instance_label_path
+from gsto_tf.evaluation.metrics import confusion_matrix_np
 
 SPEC = get_dataset_spec("cityscapes")
 TRAIN_OF_LABEL = dict(SPEC.raw_to_train)

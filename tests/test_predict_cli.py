@@ -5,7 +5,7 @@ from PIL import Image
 
 from data_utils import tiny_cityscapes, write_png
 from gsto_tf.cli import main
-from gsto_tf.data import get_dataset_spec
+from gsto_tf.data import get_dataset_spec, normalize_image
 from gsto_tf.evaluation.predict import colorize, expand_inputs, overlay
 
 
@@ -56,3 +56,56 @@ def test_eval_cli_with_submission_pngs(tmp_path, checkpoint):
     png = np.asarray(Image.open(sub / "aachen_000000_000019_leftImg8bit.png"))
     valid_ids = {7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33}
     assert png.shape == (16, 32) and set(np.unique(png)) <= valid_ids  # label ids, not train ids
+
+
+def test_checkpoint_of_another_class_count_is_refused(tmp_path, checkpoint):
+    from gsto_tf.data import build_eval_dataset, ensure_synthetic
+    from gsto_tf.evaluation import evaluate
+    from gsto_tf.models import CheckpointError, load_checkpoint
+
+    data = ensure_synthetic(str(tmp_path / "syn"), height=16, width=32, train=2, val=2)  # 8 classes
+    write_png(str(tmp_path / "in" / "a.png"), np.zeros((9, 13, 3), np.uint8))
+    expected = r"pointwise\.keras: the checkpoint predicts 19 classes, but dataset 'synthetic' has 8"
+    with pytest.raises(SystemExit, match=expected):
+        main(["eval", "--dataset", "synthetic", "--data-dir", data, "--checkpoint", checkpoint, "--ss",
+              "--run-dir", str(tmp_path / "ev")])
+    with pytest.raises(SystemExit, match=expected):
+        main(["predict", str(tmp_path / "in"), "--checkpoint", checkpoint, "--dataset", "synthetic",
+              "--output", str(tmp_path / "pred")])
+    with pytest.raises(SystemExit, match=expected):
+        main(["export", "--checkpoint", checkpoint, "--dataset", "synthetic", "--output", str(tmp_path / "sm")])
+    assert not any((tmp_path / name).exists() for name in ("ev", "pred", "sm"))
+    with pytest.raises(SystemExit, match=r"predicts 19 classes, but --num-classes has 8"):
+        main(["eval", "--dataset", "cityscapes", "--num-classes", "8", "--checkpoint", checkpoint])
+    model, _ = load_checkpoint(checkpoint)  # the library call checks too
+    with pytest.raises(CheckpointError, match=r"evaluate: the checkpoint predicts 19 classes, but dataset 'synth"):
+        evaluate(model, build_eval_dataset("synthetic", data), "synthetic")
+
+
+def test_predict_never_writes_two_inputs_to_one_file(tmp_path, checkpoint, capsys):
+    folder = tmp_path / "in"
+    write_png(str(folder / "a.png"), np.full((9, 13, 3), 10, np.uint8))
+    Image.fromarray(np.full((9, 13, 3), 250, np.uint8)).save(folder / "a.jpg", quality=100)
+    write_png(str(folder / "b.png"), np.full((9, 13, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "--checkpoint", checkpoint, "--dataset", "cityscapes", "--output",
+                 str(out)]) == 0
+    assert "wrote 6 files" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["a_jpg_labels.png", "a_jpg_overlay.png", "a_png_labels.png",
+                                                      "a_png_overlay.png", "b_labels.png", "b_overlay.png"]
+    # each file holds its own input's prediction (a uniform image predicts one class of the pointwise model)
+    model = keras.saving.load_model(checkpoint)
+    for stem, source in (("a_png", folder / "a.png"), ("a_jpg", folder / "a.jpg")):
+        rgb = np.asarray(Image.open(source).convert("RGB"))
+        expected = np.argmax(model(np.asarray(normalize_image(rgb))[None])["logits"][0], -1)
+        np.testing.assert_array_equal(np.asarray(Image.open(out / f"{stem}_labels.png")), expected)
+    # same name in two folders: refused before anything is written
+    write_png(str(tmp_path / "other" / "a.png"), np.zeros((9, 13, 3), np.uint8))
+    with pytest.raises(SystemExit, match=r"in/a.png and .*other/a.png would both be written as a_png_labels.png"):
+        main(["predict", str(tmp_path / "*" / "a.png"), "--checkpoint", checkpoint, "--dataset", "cityscapes",
+              "--output", str(tmp_path / "out2")])
+    assert not (tmp_path / "out2").exists()
+    # an output that is an input
+    write_png(str(folder / "b_labels.png"), np.zeros((9, 13, 3), np.uint8))
+    with pytest.raises(SystemExit, match=r"the output .*in/b_labels.png is also an input"):
+        main(["predict", str(folder), "--checkpoint", checkpoint, "--dataset", "cityscapes", "--output", str(folder)])

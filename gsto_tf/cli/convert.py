@@ -1,6 +1,6 @@
 """`run.py convert`: official PyTorch checkpoint (.pth / .npz) -> Keras `.keras` (+ `.weights.h5`)."""
 
-from gsto_tf.atomic import write_atomically
+from gsto_tf.atomic import save_model_atomically
 from gsto_tf.models.checkpoints import CheckpointError, load_checkpoint
 
 
@@ -17,14 +17,6 @@ def add_arguments(parser):
                         "(then --num-classes is required)")
 
 
-def save_model_atomically(model, path):
-    """Write ``path`` (.keras) and the same path with .weights.h5, each through a temp file + rename."""
-    weights_path = path[: -len(".keras")] + ".weights.h5"
-    write_atomically(weights_path, model.save_weights)
-    write_atomically(path, model.save)
-    return path, weights_path
-
-
 def main(args):
     if not args.output.endswith(".keras"):
         raise SystemExit(f"--output: expected a path ending in .keras, got {args.output!r}")
@@ -34,6 +26,6 @@ def main(args):
     except CheckpointError as exc:
         raise SystemExit(f"convert failed: {exc}") from None
     print(report.summary())
-    path, weights = save_model_atomically(model, args.output)
+    path, weights = save_model_atomically(model, args.output, weights_beside=True)
     print(f"wrote {path} and {weights}")
     return 0

@@ -61,8 +61,9 @@ def submission_writer(spec, directory):
 def main(args):
     spec = get_dataset_spec(args.dataset)
     try:
-        model, report = load_checkpoint(args.checkpoint, name=args.model,
-                                        num_classes=args.num_classes or spec.num_classes)
+        model, report = load_checkpoint(
+            args.checkpoint, name=args.model, num_classes=args.num_classes or spec.num_classes,
+            classes_of="--num-classes" if args.num_classes else f"dataset '{spec.name}'")
     except CheckpointError as exc:
         raise SystemExit(f"eval: {exc}") from None
     if report is not None:
@@ -83,6 +84,6 @@ def main(args):
             json_path, _ = metrics.save(run_dir, stem)
             print(metrics.table())
             print(f"saved {json_path}")
-    except DatasetError as exc:
+    except (DatasetError, CheckpointError) as exc:
         raise SystemExit(f"eval: {exc}") from None
     return 0

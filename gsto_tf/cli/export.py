@@ -1,7 +1,14 @@
 """`run.py export`: SavedModel (serving signatures) or TFLite (fp32 / fp16 / dynamic / int8) with a parity report."""
 
 from gsto_tf.data import DatasetError, build_eval_dataset, get_dataset_spec, resolve_data_dir
-from gsto_tf.export import QUANTIZE_MODES, TFLiteRunner, export_saved_model, export_tflite, parity_report
+from gsto_tf.export import (
+    DEFAULT_MAX_PIXELS,
+    QUANTIZE_MODES,
+    TFLiteRunner,
+    export_saved_model,
+    export_tflite,
+    parity_report,
+)
 from gsto_tf.layers.resize import resize_bilinear
 from gsto_tf.models import CheckpointError, load_checkpoint
 
@@ -14,8 +21,12 @@ def add_arguments(parser):
     parser.add_argument("--input-size", default="512x1024",
                         help="TFLite input HxW (default 512x1024), or 'dynamic' for any size (resized at run time)")
     parser.add_argument("--output", required=True, help="SavedModel folder or .tflite file")
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--dataset", default="synthetic", help="images for int8 calibration and the parity report")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="SavedModel: refuse requests of more pixels (N x H x W) than this, to protect the "
+                        f"server's memory (default {DEFAULT_MAX_PIXELS} = 4 x 1024x2048; 0 = no cap)")
+    parser.add_argument("--dataset", help="gives the images for int8 calibration and the parity report (default: the "
+                        "built-in synthetic set); when given, the checkpoint must predict its classes")
     parser.add_argument("--data-dir")
     parser.add_argument("--num-images", type=int, default=8, help="images for calibration / parity")
 
@@ -32,17 +43,23 @@ def sample_images(dataset, data_dir, size, count):
 
 
 def main(args):
-    spec = get_dataset_spec(args.dataset)
+    spec = get_dataset_spec(args.dataset or "synthetic")
+    if args.dataset is None and args.checkpoint.endswith(".weights.h5"):
+        raise SystemExit("export: a .weights.h5 checkpoint needs --model and --dataset (which gives its classes)")
     try:
-        model, _ = load_checkpoint(args.checkpoint, name=args.model, num_classes=spec.num_classes)
+        model, _ = load_checkpoint(args.checkpoint, name=args.model,
+                                   num_classes=spec.num_classes if args.dataset else None,
+                                   classes_of=f"dataset '{spec.name}'")
     except CheckpointError as exc:
         raise SystemExit(f"export: {exc}") from None
     if args.format == "saved_model":
         try:
-            path = export_saved_model(model, args.output, overwrite=args.overwrite)
-        except FileExistsError as exc:
+            path = export_saved_model(model, args.output, overwrite=args.overwrite, max_pixels=args.max_pixels)
+        except (FileExistsError, ValueError) as exc:
             raise SystemExit(str(exc)) from None
-        print(f"wrote SavedModel {path} (signatures: serving_default uint8 images, serving_normalized float32)")
+        cap = f"at most {args.max_pixels} pixels per request" if args.max_pixels else "no pixel cap"
+        print(f"wrote SavedModel {path} (signatures: serving_default uint8 images, serving_normalized float32; "
+              f"{cap})")
         return 0
     from gsto_tf.cli.counts import parse_size
 
@@ -51,8 +68,11 @@ def main(args):
         images = sample_images(spec.name, args.data_dir, size, args.num_images)
     except DatasetError as exc:
         raise SystemExit(f"export: {exc}") from None
-    path = export_tflite(model, args.output, size, args.quantize,
-                         representative_images=images if args.quantize == "int8" else None)
+    try:
+        path = export_tflite(model, args.output, size, args.quantize, overwrite=args.overwrite,
+                             representative_images=images if args.quantize == "int8" else None)
+    except FileExistsError as exc:
+        raise SystemExit(str(exc)) from None
     runner = TFLiteRunner(path)
     report = parity_report(model, runner, images, args.quantize)
     shape = "x".join("?" if d is None else str(d) for d in runner.input_shape)

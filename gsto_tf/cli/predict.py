@@ -20,7 +20,8 @@ def main(args):
     spec = get_dataset_spec(args.dataset)
     try:
         paths = expand_inputs(args.inputs)
-        model, _ = load_checkpoint(args.checkpoint, name=args.model, num_classes=spec.num_classes)
+        model, _ = load_checkpoint(args.checkpoint, name=args.model, num_classes=spec.num_classes,
+                                   classes_of=f"dataset '{spec.name}'")
     except (FileNotFoundError, CheckpointError) as exc:
         raise SystemExit(str(exc)) from None
     setting = test_setting(spec.name) if args.ms else test_setting(spec.name).single_scale()

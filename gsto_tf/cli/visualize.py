@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from gsto_tf.data import build_eval_dataset, get_dataset_spec, resolve_data_dir
-from gsto_tf.evaluation import Predictor, SegmentationMetrics
+from gsto_tf.evaluation import Predictor, SegmentationMetrics, test_setting
 from gsto_tf.models import CheckpointError, gate_model, inference_model, load_checkpoint
 from gsto_tf import visualize
 
@@ -30,7 +30,8 @@ def _models(args, spec):
     if not args.checkpoint:
         raise SystemExit(f"visualize {args.kind}: --checkpoint is required")
     try:
-        models = [load_checkpoint(p, name=args.model, num_classes=spec.num_classes)[0] for p in args.checkpoint]
+        models = [load_checkpoint(p, name=args.model, num_classes=spec.num_classes,
+                                  classes_of=f"dataset '{spec.name}'")[0] for p in args.checkpoint]
     except CheckpointError as exc:
         raise SystemExit(f"visualize: {exc}") from None
     # Row labels: the model names, made unique with the checkpoint path when two models share a name.
@@ -60,7 +61,9 @@ def main(args):
         path = visualize.confusion_plot(metrics, args.output)
     elif args.kind == "predictions":
         (_, model), = _models(args, spec)[:1]
-        predictor = Predictor(inference_model(model), flip_pairs=spec.flip_pairs)
+        # the setting `predict` uses by default: the dataset's published one, single-scale
+        predictor = Predictor.from_setting(inference_model(model), test_setting(spec.name).single_scale(),
+                                           spec.flip_pairs)
         rows = [(img, lab, predictor.predict(img).numpy()) for img, lab in _samples(spec, args, args.num)]
         path = visualize.prediction_grid(rows, spec, args.output, args.opacity)
     elif args.kind == "gates":

@@ -3,9 +3,6 @@
 import glob
 import os
 
-import numpy as np
-from PIL import Image
-
 from gsto_tf.data.registry import get_dataset_spec
 
 
@@ -26,10 +23,10 @@ def _cityscapes(spec, root, split):
     if not os.path.isdir(image_dir):
         raise _missing(spec, root, f"folder not found: {image_dir}")
     images = sorted(glob.glob(os.path.join(image_dir, "*", "*_leftImg8bit.png")))
-    return [(image, _cityscapes_ground_truth(image, "labelIds")) for image in images]
+    return [(image, cityscapes_ground_truth(image, "labelIds")) for image in images]
 
 
-def _cityscapes_ground_truth(image, kind):
+def cityscapes_ground_truth(image, kind):
     """The ground-truth file ``{root}/gtFine/{split}/{city}/{stem}_gtFine_{kind}.png`` of the image
     ``{root}/leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png``."""
     city_dir = os.path.dirname(image)
@@ -38,31 +35,6 @@ def _cityscapes_ground_truth(image, kind):
     stem = os.path.basename(image)[: -len("_leftImg8bit.png")]
     return os.path.join(root, "gtFine", os.path.basename(split_dir), os.path.basename(city_dir),
                         f"{stem}_gtFine_{kind}.png")
-
-
-def instance_label_path(name, image_path):
-    """The instance-id map (Cityscapes ``*_gtFine_instanceIds.png``) of an image, or None where the dataset's layout
-    has none. The file may be missing (e.g. a gtFine copy without instance maps): callers check."""
-    spec = get_dataset_spec(name)
-    if spec.layout_kind != "cityscapes" or not image_path.endswith("_leftImg8bit.png"):
-        return None
-    return _cityscapes_ground_truth(image_path, "instanceIds")
-
-
-def read_instance_ids(path, shape):
-    """int32 [H, W] instance-id map at ``path`` (a 16-bit PNG); ``shape`` is the label's, which it must match."""
-    if not os.path.isfile(path):
-        raise DatasetError(f"instance-id map not found: {path} (the iIoU needs one for every image once the first "
-                           f"has one)")
-    try:
-        with Image.open(path) as image:
-            ids = np.asarray(image).astype(np.int32)
-    except OSError as e:
-        raise DatasetError(f"instance-id map {path}: not a readable PNG ({e})") from e
-    if ids.shape != tuple(shape):
-        raise DatasetError(f"instance-id map {path}: shape {ids.shape}, expected the label's {tuple(shape)} "
-                           f"(a single-channel map of the label's size)")
-    return ids
 
 
 def _pascal_context(spec, root, split):

@@ -4,50 +4,26 @@ Training order is a pure function of ``(seed, epoch, position)``: each epoch is 
 sample indices and each sample's augmentation uses stateless random ops seeded by its global position, so a run
 restarted at step ``k`` (``start_step=k``) sees exactly the batches an uninterrupted run sees from step ``k`` on.
 
-Augmentation (SPEC §6): resize so the long side is ``base_size * s`` with ``s ~ U(scale_range)`` (image bilinear,
-label nearest — both through :mod:`gsto_tf.layers.resize`), pad to the crop size (image with 0 *after*
-normalisation, label with ignore), random crop, horizontal flip with p = 0.5 (swapping left/right classes where
-the dataset has flip pairs), optional photometric jitter before normalisation.
+Files are read by :func:`gsto_tf.data.decode.read_pair` (the one image / label decoder, also used by
+``data verify`` and the tfds builders): every bad file fails naming it.
+
+Augmentation (HRNet's training recipe, lib/datasets/base_dataset.py): resize so the long side is
+``base_size * s`` with ``s ~ U(scale_range)`` (image bilinear, label nearest — both through
+:mod:`gsto_tf.layers.resize`), pad to the crop size (image with 0 *after* normalisation, label with ignore), random
+crop, horizontal flip with p = 0.5 (swapping left/right classes where the dataset has flip pairs), optional
+photometric jitter before normalisation.
 """
 
 import numpy as np
 import tensorflow as tf
 
+from gsto_tf.data.decode import read_pair
 from gsto_tf.data.layouts import list_samples
 from gsto_tf.data.normalization import normalize_image
 from gsto_tf.data.registry import get_dataset_spec
 from gsto_tf.layers.resize import resize_bilinear, resize_nearest
 
 AUTOTUNE = tf.data.AUTOTUNE
-_PNG_MAGIC = b"\x89PNG"
-_IMAGE_MAGIC = (_PNG_MAGIC, b"\xff\xd8\xff", b"BM", b"GIF8")
-
-
-def _decode(spec, image_path, label_path):
-    """Read one pair -> (uint8 image [H, W, 3], int32 train-id label [H, W]); errors name the file."""
-    image_bytes, label_bytes = tf.io.read_file(image_path), tf.io.read_file(label_path)
-    # decode ops' own errors do not say which file; check the format signature first so a corrupt or
-    # mis-named file fails with its path (a truncated file with a valid header still fails inside the decoder).
-    image_ok = tf.reduce_any([tf.strings.substr(image_bytes, 0, len(m)) == m for m in _IMAGE_MAGIC])
-    label_ok = tf.strings.substr(label_bytes, 0, len(_PNG_MAGIC)) == _PNG_MAGIC
-    checks = [tf.debugging.Assert(image_ok, ["undecodable image (not a PNG/JPEG/BMP/GIF file):", image_path]),
-              tf.debugging.Assert(label_ok, ["undecodable label (not a PNG file):", label_path])]
-    with tf.control_dependencies(checks):
-        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-        raw = tf.io.decode_png(label_bytes, channels=1)[..., 0]
-    # tf.debugging.Assert takes tensors as data, so the message can carry the offending file's path.
-    same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(raw)))
-    check_size = tf.debugging.Assert(
-        same_size, ["label size differs from image size:", label_path, tf.shape(raw), image_path, tf.shape(image)]
-    )
-    with tf.control_dependencies([check_size]):
-        label = spec.map_labels(raw)
-    check_values = tf.debugging.Assert(
-        tf.reduce_all(label >= 0), ["label values that are neither a class nor ignore in", label_path]
-    )
-    with tf.control_dependencies([check_values]):
-        label = tf.identity(label)
-    return image, label
 
 
 def _flip_lut(spec):
@@ -153,7 +129,7 @@ def build_train_dataset(name, data_dir, *, global_batch_size, seed=0, crop_size=
     # variables and warned on every build.
     @tf.autograph.experimental.do_not_convert
     def load(position, index):
-        image, label = _decode(spec, images[index], labels[index])
+        image, label = read_pair(spec, images[index], labels[index])
         return _augment(spec, image, label, crop_size, scale_range,
                         tf.stack([tf.cast(seed, tf.int64), position]), photometric, base_size)
 
@@ -179,7 +155,7 @@ def build_eval_dataset(name, data_dir, *, split="val", limit=None):
 
     @tf.autograph.experimental.do_not_convert
     def load(image_path, label_path):
-        image, label = _decode(spec, image_path, label_path)
+        image, label = read_pair(spec, image_path, label_path)
         return {"image": normalize_image(image), "label": label, "path": image_path}
 
     return ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)

@@ -24,6 +24,9 @@ class DatasetSpec:
     raw_to_train: tuple  # (raw id, train id) pairs; raw ids not listed map to `unlisted`
     unlisted: int = IGNORE_LABEL  # IGNORE_LABEL: other raw ids are void; _INVALID: they are errors
     ignore_label: int = IGNORE_LABEL
+    num_raw_ids: int = 256  # the raw ids are 0..num_raw_ids-1; larger values are errors (except ignore, below)
+    raw_ignore: bool = True  # whether raw label files may hold `ignore_label` (else it is an error too)
+    invalid_values_hint: str = ""  # added to the "neither a class nor ignore" error when the values include ignore
     flip_pairs: tuple = ()  # train-id pairs swapped by a horizontal flip (LIP left/right parts)
     split_sizes: tuple = ()  # (split, expected number of samples)
     crop_size: tuple = (512, 1024)
@@ -45,8 +48,10 @@ class DatasetSpec:
 
     def label_lut(self):
         """int32 [256] lookup table raw id -> train id (ignore_label for void, -1 for invalid values)."""
-        lut = np.full(256, self.unlisted, np.int32)
-        lut[self.ignore_label] = self.ignore_label
+        lut = np.full(256, _INVALID, np.int32)
+        lut[:self.num_raw_ids] = self.unlisted
+        if self.raw_ignore:
+            lut[self.ignore_label] = self.ignore_label
         for raw, train in self.raw_to_train:
             lut[raw] = train
         return lut
@@ -80,7 +85,7 @@ CITYSCAPES_PALETTE = (
     (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0),
     (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
 )
-# labelId -> trainId (SPEC §7); every other labelId is void.
+# labelId -> trainId (cityscapesScripts labels.py); every other labelId (0..33) is void.
 CITYSCAPES_RAW_TO_TRAIN = (
     (7, 0), (8, 1), (11, 2), (12, 3), (13, 4), (17, 5), (19, 6), (20, 7), (21, 8), (22, 9), (23, 10), (24, 11),
     (25, 12), (26, 13), (27, 14), (28, 15), (31, 16), (32, 17), (33, 18),
@@ -149,6 +154,17 @@ _LIP_LAYOUT = (
     "{root}/TrainVal_parsing_annotations/{split}_segmentations/{id}.png"
 )
 
+# Cityscapes labelIds are 0..33 (cityscapesScripts labels.py; ids below 0, e.g. license plate, are never drawn into
+# *_gtFine_labelIds.png). So 34..255 are errors, 255 included: it is the void of a *train-id* file, which is how a
+# *_gtFine_labelTrainIds.png given where labelIds are expected is caught (every real frame has void pixels). A
+# train-id file without any void pixel is not detectable: train ids 0..18 are all valid labelIds.
+_CITYSCAPES_RAW_IDS = dict(
+    num_raw_ids=34,
+    raw_ignore=False,
+    invalid_values_hint="255 is no Cityscapes labelId: is this a train-id file (*_gtFine_labelTrainIds.png) "
+    "instead of the *_gtFine_labelIds.png?",
+)
+
 SYNTHETIC_CLASSES = ("road", "water", "sky", "building", "vegetation", "car", "boat", "person")
 # Raw ids in the Cityscapes spirit (0 = unlabeled, 1 = ego vehicle, both void); the generator writes these.
 SYNTHETIC_RAW_TO_TRAIN = ((7, 0), (9, 1), (23, 2), (11, 3), (21, 4), (26, 5), (29, 6), (24, 7))
@@ -161,6 +177,7 @@ _SPECS = {
         layout=_CITYSCAPES_LAYOUT,
         source="https://www.cityscapes-dataset.com/downloads/ (leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip)",
         raw_to_train=CITYSCAPES_RAW_TO_TRAIN,
+        **_CITYSCAPES_RAW_IDS,
         split_sizes=(("train", 2975), ("val", 500), ("test", 1525)),
         crop_size=(512, 1024),
         base_size=2048,
@@ -207,6 +224,7 @@ _SPECS = {
         layout=_CITYSCAPES_LAYOUT,
         source="generated on first use (gsto_tf.data.synthetic); no download",
         raw_to_train=SYNTHETIC_RAW_TO_TRAIN,
+        **_CITYSCAPES_RAW_IDS,
         split_sizes=(("train", 320), ("val", 64)),
         crop_size=(128, 128),
         base_size=256,

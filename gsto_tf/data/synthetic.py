@@ -22,11 +22,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 from PIL import Image
 
+from gsto_tf.atomic import make_temp_dir
 from gsto_tf.data.registry import SYNTHETIC_CLASSES, SYNTHETIC_RAW_TO_TRAIN
 
 VERSION = 1
@@ -165,7 +165,7 @@ def ensure_synthetic(data_dir=None, **overrides):
         return root
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".synthetic-")
+    tmp = make_temp_dir(parent, ".synthetic-")
     try:
         for split in ("train", "val"):
             _write_split(tmp, split, config[split], config)

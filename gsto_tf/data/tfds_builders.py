@@ -1,6 +1,6 @@
 """TensorFlow Datasets builders for PASCAL-Context and LIP, and reading Cityscapes through tfds' own builder.
 
-Importing this module registers two tfds builders (tfds has none for these datasets, SPEC §7):
+Importing this module registers two tfds builders (tfds has none for these datasets):
 
 * ``pascal_context``: ``manual_dir`` = the folder holding ``VOC2010/`` (JPEGImages + either the converted
   ``SegmentationClassContext/*.png`` with ``ImageSets/SegmentationContext/{train,val}.txt``, or the original
@@ -10,7 +10,9 @@ Importing this module registers two tfds builders (tfds has none for these datas
 * ``lip``: ``manual_dir`` = the folder holding ``TrainVal_images/`` and ``TrainVal_parsing_annotations/``.
 
 Both list files with :func:`gsto_tf.data.layouts.list_samples`, so a missing folder gives the same error
-(expected layout + where to get the data) as the tf.data pipeline. Usage::
+(expected layout + where to get the data) as the tf.data pipeline, and check every pair with the pipelines'
+decoders (:mod:`gsto_tf.data.decode`) while preparing: a bad image or label (format, size, values) stops the
+preparation naming the file. Palette label PNGs are stored as their indices. Usage::
 
     import gsto_tf.data.tfds_builders  # registers the builders
     ds = tfds.load("pascal_context", data_dir=..., split="val",
@@ -26,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from gsto_tf.data.decode import check_sizes, map_label_values, read_image_file, read_sample_files
 from gsto_tf.data.layouts import DatasetError, list_samples
 from gsto_tf.data.registry import get_dataset_spec
 
@@ -34,11 +37,10 @@ def _label_feature():
     return tfds.features.Image(shape=(None, None, 1), dtype=np.uint8, encoding_format="png")
 
 
-def _read_png_label(path):
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im, np.uint8)[..., None]
+def _checked_label(dataset, image, label):
+    """The raw label ``[H, W, 1]`` of a pair, checked with the pipelines' decoders (image decodes, label is an
+    8-bit / palette PNG of the image's size with valid values); a bad file raises DatasetError naming it."""
+    return read_sample_files(get_dataset_spec(dataset), image, label)[..., None]
 
 
 class PascalContext(tfds.core.GeneratorBasedBuilder):
@@ -77,7 +79,8 @@ class PascalContext(tfds.core.GeneratorBasedBuilder):
     def _from_png(self, root, split):
         for image, label in list_samples("pascal_context", root, split):
             image_id = os.path.basename(image)[:-4]
-            yield image_id, {"image": image, "segmentation_label": _read_png_label(label), "image_id": image_id}
+            yield image_id, {"image": image, "segmentation_label": _checked_label("pascal_context", image, label),
+                             "image_id": image_id}
 
     def _from_mat(self, voc, mat_dir, split):
         from gsto_tf.data.pascal_context_mat import read_mat_label
@@ -91,8 +94,10 @@ class PascalContext(tfds.core.GeneratorBasedBuilder):
             mat = os.path.join(mat_dir, f"{image_id}.mat")
             if not os.path.isfile(mat):
                 raise DatasetError(f"pascal_context: image without label: {image_id} (expected {mat})")
-            yield image_id, {"image": os.path.join(voc, "JPEGImages", f"{image_id}.jpg"),
-                             "segmentation_label": read_mat_label(mat)[..., None], "image_id": image_id}
+            image = os.path.join(voc, "JPEGImages", f"{image_id}.jpg")
+            label = read_mat_label(mat)
+            check_sizes(read_image_file(image).shape[:2], label.shape, image, mat)
+            yield image_id, {"image": image, "segmentation_label": label[..., None], "image_id": image_id}
 
 
 class Lip(tfds.core.GeneratorBasedBuilder):
@@ -123,7 +128,8 @@ class Lip(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, root, split):
         for image, label in list_samples("lip", root, split):
             image_id = os.path.basename(image)[:-4]
-            yield image_id, {"image": image, "segmentation_label": _read_png_label(label), "image_id": image_id}
+            yield image_id, {"image": image, "segmentation_label": _checked_label("lip", image, label),
+                             "image_id": image_id}
 
 
 def load_cityscapes_tfds(split, *, data_dir=None, manual_dir=None):
@@ -141,7 +147,7 @@ def load_cityscapes_tfds(split, *, data_dir=None, manual_dir=None):
     split = {"val": "validation"}.get(split, split)
 
     def convert(example):
-        return {"image": example["image_left"], "label": spec.map_labels(example["segmentation_label"][..., 0]),
-                "path": example["image_id"]}
+        label = map_label_values(spec, example["segmentation_label"][..., 0], example["image_id"])
+        return {"image": example["image_left"], "label": label, "path": example["image_id"]}
 
     return builder.as_dataset(split=split).map(convert, num_parallel_calls=tf.data.AUTOTUNE)

@@ -7,11 +7,13 @@ import time
 
 import numpy as np
 
-from gsto_tf.data.layouts import instance_label_path, read_instance_ids
+from gsto_tf.data.decode import read_checked
 from gsto_tf.data.registry import get_dataset_spec
 from gsto_tf.evaluation.inference import Predictor
-from gsto_tf.evaluation.metrics import InstanceStats, SegmentationMetrics, category_indices, confusion_matrix_np
+from gsto_tf.evaluation.instances import InstanceStats, category_indices, instance_label_path, read_instance_ids
+from gsto_tf.evaluation.metrics import SegmentationMetrics, confusion_matrix_np
 from gsto_tf.evaluation.settings import TestSetting
+from gsto_tf.models.checkpoints import check_num_classes
 
 
 def evaluate(model, dataset, spec, *, setting=None, limit=None, progress=True, on_prediction=None):
@@ -23,16 +25,16 @@ def evaluate(model, dataset, spec, *, setting=None, limit=None, progress=True, o
     beside the label); then every image must have one.
     """
     spec = get_dataset_spec(spec)
+    check_num_classes(model, spec.num_classes, "evaluate", f"dataset '{spec.name}'")
     setting = setting or TestSetting()
-    predictor = Predictor(model, scales=setting.scales, flip=setting.flip, mode=setting.mode,
-                          crop_size=setting.crop_size, stride=setting.stride, flip_pairs=spec.flip_pairs)
+    predictor = Predictor.from_setting(model, setting, spec.flip_pairs)
     k = spec.num_classes
     confusion = np.zeros((k, k), np.int64)
     instance = InstanceStats.for_dataset(spec)
     label_lut = spec.label_lut()
     start = time.time()
     n = 0
-    for n, sample in enumerate(dataset, 1):
+    for n, sample in enumerate(read_checked(dataset), 1):  # a bad file: a one-line DatasetError naming it
         pred = predictor.predict(sample["image"]).numpy()
         label = sample["label"].numpy()
         confusion += confusion_matrix_np(label, pred, k, spec.ignore_label)

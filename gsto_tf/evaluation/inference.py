@@ -1,4 +1,5 @@
-"""Whole-image, sliding-window and multi-scale + flip inference (SPEC §6), always at the original resolution.
+"""Whole-image, sliding-window and multi-scale + flip inference (HRNet's test code, lib/core/function.py and
+lib/datasets/base_dataset.py), always at the original resolution.
 
 What is summed, following HRNet's test code:
 
@@ -59,6 +60,12 @@ class Predictor:
             stride = tuple(int(math.ceil(c * 2 / 3)) for c in self.crop_size)  # HRNet: 2/3 of the window
         self.stride = tuple(stride) if stride else None
         self.flip_pairs = tuple(flip_pairs)
+
+    @classmethod
+    def from_setting(cls, model, setting, flip_pairs=()):
+        """The predictor of a :class:`~gsto_tf.evaluation.settings.TestSetting` (scales, flip, whole / slide)."""
+        return cls(model, scales=setting.scales, flip=setting.flip, mode=setting.mode, crop_size=setting.crop_size,
+                   stride=setting.stride, flip_pairs=flip_pairs)
 
     def _swap_channels(self, logits):
         if not self.flip_pairs:

@@ -1,4 +1,4 @@
-"""Segmentation metrics over a confusion matrix (SPEC §8).
+"""Segmentation metrics over a confusion matrix (as HRNet's and cityscapesScripts' evaluation compute them).
 
 The confusion matrix is accumulated over the whole set (rows ground truth, columns prediction, ignore pixels
 skipped). ``IoU_c = tp / (gt_c + pred_c - tp)``; mIoU averages over classes *present in the ground truth or the
@@ -6,23 +6,19 @@ prediction*; classes absent from both are reported as n/a (NaN) and excluded —
 
 Datasets with instance annotations and categories (Cityscapes) get cityscapesScripts' other three scores as well
 (its ``evalPixelLevelSemanticLabeling.py``): category IoU (classes of one category pooled), and instance-level
-iIoU per class and per category, ``tp_w / (tp_w + fp + fn_w)`` where each ground-truth instance's pixels weigh
-``average instance size of the class / instance size`` (:class:`InstanceStats`) and false positives, which belong
-to no instance, are the plain pixel counts of the confusion matrix.
+iIoU per class and per category, ``tp_w / (tp_w + fp + fn_w)`` with the instance-weighted counts of
+:class:`~gsto_tf.evaluation.instances.InstanceStats` and false positives, which belong to no instance, the plain
+pixel counts of the confusion matrix. Tables and files: :mod:`gsto_tf.evaluation.report`.
 """
 
 import dataclasses
-import functools
-import json
-import math
-import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from gsto_tf.atomic import write_atomically
-from gsto_tf.tables import write_csv
+from gsto_tf.evaluation.instances import InstanceStats
+from gsto_tf.evaluation.report import metrics_dict, metrics_table, save_metrics
 
 
 def confusion_matrix(labels, predictions, num_classes, ignore_label=255):
@@ -86,100 +82,6 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
 
     def get_config(self):
         return {"num_classes": self.num_classes, "ignore_label": self.ignore_label, "name": self.name}
-
-
-def category_indices(spec):
-    """``((category, (class index, ...)), ...)`` of a dataset spec's ``categories`` (empty if it has none)."""
-    names = list(spec.class_names)
-    return tuple((category, tuple(names.index(c) for c in classes)) for category, classes in spec.categories)
-
-
-@dataclasses.dataclass
-class InstanceStats:
-    """Instance-weighted true-positive / false-negative pixel counts per class and per category, summed over a set:
-    the ground-truth side of the iIoU (SPEC §8, cityscapesScripts).
-
-    Every ground-truth instance of a scored class adds its pixels predicted as its class (tp) and the rest (fn),
-    each pixel weighted by ``avg_size[class] / instance size``. A category is scored when all of its classes are;
-    its tp counts pixels predicted as any class of the category.
-    """
-
-    avg_size: np.ndarray  # [K] float64 average instance size; NaN for classes not scored per instance
-    categories: tuple  # ((name, (class index, ...)), ...)
-    tp: np.ndarray = None  # [K] float64
-    fn: np.ndarray = None
-    category_tp: np.ndarray = None  # [len(categories)] float64
-    category_fn: np.ndarray = None
-
-    def __post_init__(self):
-        k, c = len(self.avg_size), len(self.categories)
-        for field, n in (("tp", k), ("fn", k), ("category_tp", c), ("category_fn", c)):
-            if getattr(self, field) is None:
-                setattr(self, field, np.zeros(n, np.float64))
-
-    @classmethod
-    def for_dataset(cls, spec):
-        """Empty statistics of a dataset spec with ``instance_classes``; None if it scores no instances."""
-        if not spec.instance_classes:
-            return None
-        avg_size = np.full(spec.num_classes, np.nan)
-        for name, size in spec.instance_classes:
-            avg_size[list(spec.class_names).index(name)] = size
-        return cls(avg_size, category_indices(spec))
-
-    @functools.cached_property
-    def scored_categories(self):
-        """[len(categories)] bool: categories whose classes are all scored per instance."""
-        return np.array([all(not np.isnan(self.avg_size[i]) for i in members) for _, members in self.categories],
-                        bool)
-
-    @functools.cached_property
-    def _category_of(self):
-        """[K + 1] category index of each class, -1 for none; the extra slot takes predictions outside 0..K-1."""
-        category_of = np.full(len(self.avg_size) + 1, -1, np.int64)
-        for c, (_, members) in enumerate(self.categories):
-            category_of[list(members)] = c
-        return category_of
-
-    def update(self, instance_ids, prediction, label_lut):
-        """Add one image. ``instance_ids``: Cityscapes instance-id map (``raw label id * 1000 + n`` on instance
-        pixels, the raw label id elsewhere); ``prediction``: train ids of the same shape; ``label_lut``: raw label id
-        -> train id table of the dataset (``DatasetSpec.label_lut``)."""
-        instance_ids = np.asarray(instance_ids)
-        prediction = np.asarray(prediction)
-        if instance_ids.shape != prediction.shape:
-            raise ValueError(f"instance map shape {instance_ids.shape} != prediction shape {prediction.shape}")
-        ids = instance_ids.astype(np.int64).ravel()
-        pred = prediction.astype(np.int64).ravel()
-        on_instance = ids > 1000  # as cityscapesScripts: ids of 1000 and below are plain label ids
-        ids, pred = ids[on_instance], pred[on_instance]
-        if ids.size == 0:
-            return
-        uniq, inverse = np.unique(ids, return_inverse=True)
-        raw = uniq // 1000
-        lut = np.asarray(label_lut)
-        train = np.full(len(uniq), -1, np.int64)
-        train[raw < len(lut)] = lut[raw[raw < len(lut)]]
-        k = len(self.avg_size)
-        known = (train >= 0) & (train < k)
-        train = np.where(known, train, 0)
-        scored = known & ~np.isnan(self.avg_size[train])
-        size = np.bincount(inverse, minlength=len(uniq)).astype(np.float64)
-        weight = np.where(scored, self.avg_size[train], 0.0) / size
-        tp = np.bincount(inverse, weights=(pred == train[inverse]), minlength=len(uniq))
-        np.add.at(self.tp, train[scored], (tp * weight)[scored])
-        np.add.at(self.fn, train[scored], ((size - tp) * weight)[scored])
-        if not self.categories:
-            return
-        category_of = self._category_of
-        instance_category = category_of[train]
-        sel = scored & (instance_category >= 0)  # instances of a scored class in a scored category
-        sel[sel] = self.scored_categories[instance_category[sel]]
-        pred_category = category_of[np.where((pred >= 0) & (pred < k), pred, k)]
-        category_tp = np.bincount(inverse, weights=(pred_category == instance_category[inverse]),
-                                  minlength=len(uniq))
-        np.add.at(self.category_tp, instance_category[sel], (category_tp * weight)[sel])
-        np.add.at(self.category_fn, instance_category[sel], ((size - category_tp) * weight)[sel])
 
 
 def _ratio(numerator, denominator, valid):
@@ -295,82 +197,11 @@ class SegmentationMetrics:
         return _nanmean(_ratio(np.diag(self.confusion).astype(np.float64), self.gt_counts, True))
 
     def to_dict(self):
-        def num(v):
-            return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 6)
-
-        out = {
-            "setting": self.setting,
-            "mIoU": num(self.miou),
-            "pixel_accuracy": num(self.pixel_accuracy),
-            "mean_accuracy": num(self.mean_accuracy),
-            "per_class_iou": {n: num(v) for n, v in zip(self.class_names, self.per_class_iou)},
-            "absent_classes": self.absent_classes,
-        }
-        if self.instance is not None:
-            scored = ~np.isnan(self.instance.avg_size)
-            out["iIoU"] = num(self.miiou)
-            out["per_class_iiou"] = {n: num(v) for n, v, s in zip(self.class_names, self.per_class_iiou, scored)
-                                     if s}
-        if self.categories:
-            out["category_mIoU"] = num(self.category_miou)
-            out["per_category_iou"] = {c: num(v) for (c, _), v in zip(self.categories, self.per_category_iou)}
-        if self.instance is not None and self.categories:
-            out["category_iIoU"] = num(self.category_miiou)
-            out["per_category_iiou"] = {c: num(v) for (c, _), v, s in zip(
-                self.categories, self.per_category_iiou, self.instance.scored_categories) if s}
-        out["confusion_matrix"] = self.confusion.tolist()
-        return out
+        return metrics_dict(self)
 
     def table(self):
-        def pct(v):
-            return "   n/a" if np.isnan(v) else f"{100 * v:6.2f}"
-
-        width = max([len(n) for n in self.class_names] + [len(c) for c, _ in self.categories] + [9]) + 2
-        iiou = self.per_class_iiou
-        lines = [f"evaluation: {self.setting}" if self.setting else "evaluation",
-                 f"{'class'.ljust(width)}   IoU" + ("   iIoU" if iiou is not None else "")]
-        for k, (name, iou) in enumerate(zip(self.class_names, self.per_class_iou)):
-            scored = iiou is not None and not np.isnan(self.instance.avg_size[k])
-            lines.append(f"{name.ljust(width)}{pct(iou)}" + (f" {pct(iiou[k])}" if scored else ""))
-        lines.append(f"{'mIoU'.ljust(width)}{pct(self.miou)}")
-        if iiou is not None:
-            lines.append(f"{'iIoU'.ljust(width)}{pct(self.miiou)}")
-        lines.append(f"{'pixel acc'.ljust(width)}{pct(self.pixel_accuracy)}")
-        lines.append(f"{'mean acc'.ljust(width)}{pct(self.mean_accuracy)}")
-        if self.categories:
-            category_iiou = self.per_category_iiou
-            lines.append(f"{'category'.ljust(width)}   IoU" + ("   iIoU" if category_iiou is not None else ""))
-            for c, ((name, _), iou) in enumerate(zip(self.categories, self.per_category_iou)):
-                scored = category_iiou is not None and self.instance.scored_categories[c]
-                lines.append(f"{name.ljust(width)}{pct(iou)}" + (f" {pct(category_iiou[c])}" if scored else ""))
-            lines.append(f"{'mean'.ljust(width)}{pct(self.category_miou)}"
-                         + (f" {pct(self.category_miiou)}" if category_iiou is not None else ""))
-            if self.instance is None:
-                lines.append("iIoU: not computed (no instance-id maps with the ground truth)")
-        if self.absent_classes:
-            lines.append(f"n/a = absent from ground truth and prediction, excluded from the means: "
-                         f"{', '.join(self.absent_classes)}")
-        return "\n".join(lines)
+        return metrics_table(self)
 
     def save(self, directory, stem="metrics"):
-        """Write ``{stem}.json`` and ``{stem}.csv`` (per-class IoU, and iIoU where scored) atomically; returns the
-        two paths."""
-        json_path = os.path.join(directory, f"{stem}.json")
-        csv_path = os.path.join(directory, f"{stem}.csv")
-        def write_json(tmp):
-            with open(tmp, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-
-        def fmt(v):
-            return "n/a" if np.isnan(v) else f"{v:.6f}"
-
-        rows = [{"class": name, "iou": fmt(iou), "gt_pixels": int(g), "pred_pixels": int(p)}
-                for name, iou, g, p in zip(self.class_names, self.per_class_iou, self.gt_counts, self.pred_counts)]
-        rows.append({"class": "mIoU", "iou": fmt(self.miou), "gt_pixels": "", "pred_pixels": ""})
-        if self.instance is not None:  # an iIoU column: empty for classes not scored per instance
-            for row, v, scored in zip(rows, self.per_class_iiou, ~np.isnan(self.instance.avg_size)):
-                row["iiou"] = fmt(v) if scored else ""
-            rows[-1]["iiou"] = fmt(self.miiou)
-        write_atomically(json_path, write_json)
-        write_csv(rows, csv_path)
-        return json_path, csv_path
+        """Write ``{stem}.json`` and ``{stem}.csv`` atomically; returns the two paths."""
+        return save_metrics(self, directory, stem)

@@ -1,5 +1,6 @@
 """Prediction on image files: label PNGs and colour overlays with the dataset palette."""
 
+import collections
 import glob
 import os
 
@@ -27,18 +28,20 @@ def expand_inputs(spec):
 
 
 def colorize(labels, palette, ignore_label=255):
+    """uint8 RGB ``[H, W, 3]`` of a label map: palette colour per train id, black for ignore and unknown ids."""
     palette = np.asarray(palette, np.uint8)
     lut = np.zeros((256, 3), np.uint8)
     lut[: len(palette)] = palette
     lut[ignore_label] = 0
-    return lut[np.asarray(labels, np.int64)]
+    return lut[np.clip(np.asarray(labels, np.int64), 0, 255)]
 
 
-def overlay(image, labels, palette, opacity=0.5):
-    """Blend the palette colours of ``labels`` over an RGB uint8 ``image``."""
+def overlay(image, labels, palette, opacity=0.5, ignore_label=255):
+    """Blend the palette colours of ``labels`` over an RGB uint8 ``image`` (the one overlay: ``predict``, the
+    figures and ``data browse``)."""
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
-    colours = colorize(labels, palette).astype(np.float32)
+    colours = colorize(labels, palette, ignore_label).astype(np.float32)
     return np.round((1 - opacity) * image.astype(np.float32) + opacity * colours).astype(np.uint8)
 
 
@@ -50,21 +53,40 @@ def load_rgb(path):
         raise ValueError(f"predict: cannot decode image {path}: {exc}") from None
 
 
+def output_names(paths):
+    """``{input path: output name stem}``: the file name without its extension, or with it (``a_png``,
+    ``a_jpg``) where two inputs share a stem. Inputs that would still write the same files (``x/a.png`` and
+    ``y/a.png``) raise a ValueError naming both: nothing is overwritten silently."""
+    stems = {p: os.path.splitext(os.path.basename(p))[0] for p in paths}
+    counts = collections.Counter(stems.values())
+    names, taken = {}, {}
+    for path, stem in stems.items():
+        name = stem if counts[stem] == 1 else os.path.basename(path).replace(".", "_")
+        if name in taken:
+            raise ValueError(f"predict: {taken[name]} and {path} would both be written as {name}_labels.png; "
+                             "predict them into separate --output folders")
+        names[path], taken[name] = name, path
+    return names
+
+
 def predict_files(model, paths, output_dir, palette, *, setting=None, opacity=0.5, flip_pairs=()):
-    """Write ``<name>_labels.png`` (train ids) and ``<name>_overlay.png`` per image; returns written paths."""
+    """Write ``<name>_labels.png`` (train ids) and ``<name>_overlay.png`` per image (names from
+    :func:`output_names`); returns written paths. An output that is one of the inputs is refused."""
     from gsto_tf.evaluation.settings import TestSetting
 
-    setting = setting or TestSetting()
-    predictor = Predictor(model, scales=setting.scales, flip=setting.flip, mode=setting.mode,
-                          crop_size=setting.crop_size, stride=setting.stride, flip_pairs=flip_pairs)
+    names = output_names(paths)
+    outputs = {path: (os.path.join(output_dir, f"{name}_labels.png"), os.path.join(output_dir, f"{name}_overlay.png"))
+               for path, name in names.items()}
+    inputs = {os.path.realpath(p) for p in paths}
+    clash = next((out for pair in outputs.values() for out in pair if os.path.realpath(out) in inputs), None)
+    if clash is not None:
+        raise ValueError(f"predict: the output {clash} is also an input; choose another --output folder")
+    predictor = Predictor.from_setting(model, setting or TestSetting(), flip_pairs)
     os.makedirs(output_dir, exist_ok=True)
     written = []
-    for path in paths:
+    for path, (label_path, overlay_path) in outputs.items():
         rgb = load_rgb(path)
         labels = predictor.predict(normalize_image(rgb)).numpy().astype(np.uint8)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        label_path = os.path.join(output_dir, f"{stem}_labels.png")
-        overlay_path = os.path.join(output_dir, f"{stem}_overlay.png")
         save_png(label_path, labels)
         save_png(overlay_path, overlay(rgb, labels, palette, opacity))
         written += [label_path, overlay_path]

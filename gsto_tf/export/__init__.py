@@ -1,6 +1,6 @@
 """Export to SavedModel (serving signatures) and TFLite (LiteRT), with parity reports."""
 
-from gsto_tf.export.saved_model import SegmentationServingModule, export_saved_model
+from gsto_tf.export.saved_model import DEFAULT_MAX_PIXELS, SegmentationServingModule, export_saved_model
 from gsto_tf.export.tflite import (
     QUANTIZE_MODES,
     ParityReport,
@@ -11,6 +11,7 @@ from gsto_tf.export.tflite import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "ParityReport",
     "QUANTIZE_MODES",
     "SegmentationServingModule",

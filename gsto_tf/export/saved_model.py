@@ -6,9 +6,16 @@ Signatures:
   ``probabilities`` float32 ``[N, H, W, K]`` (softmax), both at the input resolution;
 * ``serving_normalized``: ``images`` float32 ``[N, H, W, 3]`` already normalised (ImageNet mean/std) -> the same.
 
+Requests are checked in the graph, so a server answers a bad request with an error instead of crashing or running
+out of memory: the images must be rank 4, non-empty, with exactly 3 (RGB) channels (no silent conversion: send
+greyscale as 3 equal channels, drop an alpha channel), and one request may hold at most ``max_pixels`` pixels in
+total (N x H x W; :data:`DEFAULT_MAX_PIXELS` = 4 Cityscapes frames unless set at export, 0 = no cap). The cap is
+stored in the export as the variable ``max_pixels`` (``tf.saved_model.load(path).max_pixels``).
+
 Normalisation (:func:`gsto_tf.data.normalization.normalize_image`) and resizing
 (:func:`gsto_tf.layers.resize.resize_bilinear`) are traced into the graph. The folder is written next to its
-destination and renamed into place, so a reader never sees a partial export.
+destination and renamed into place, so a reader never sees a partial export; it gets the usual (umask)
+permissions, so a server running as another user can read it.
 """
 
 import os
@@ -17,15 +24,21 @@ import tempfile
 
 import tensorflow as tf
 
+from gsto_tf.atomic import default_permissions, make_temp_dir
 from gsto_tf.data.normalization import normalize_image
 from gsto_tf.layers.resize import resize_bilinear
 from gsto_tf.models import inference_model
 
+DEFAULT_MAX_PIXELS = 4 * 1024 * 2048
+
 
 class SegmentationServingModule(tf.Module):
-    def __init__(self, model):
+    def __init__(self, model, max_pixels=DEFAULT_MAX_PIXELS):
         super().__init__(name="gsto_tf_serving")
         self.model = inference_model(model) if isinstance(model.output, dict) else model
+        if max_pixels is None or int(max_pixels) < 0:
+            raise ValueError(f"max_pixels must be a non-negative int (0 = no cap), got {max_pixels!r}")
+        self.max_pixels = tf.Variable(int(max_pixels), dtype=tf.int64, trainable=False, name="max_pixels")
 
     def _predict(self, normalised):
         logits = tf.cast(self.model(normalised, training=False), tf.float32)
@@ -35,18 +48,27 @@ class SegmentationServingModule(tf.Module):
             "probabilities": tf.nn.softmax(logits, axis=-1),
         }
 
-    @staticmethod
-    def _checked(images):
-        """``images`` after a run-time rank check.
+    def _checked(self, images):
+        """``images`` after run-time checks of rank, size, channels and the pixel cap.
 
-        A loaded signature does not check the rank of what it is fed, and a rank-3 image reaching the first
-        convolution aborts the whole process inside oneDNN (a CHECK failure, not an exception). The static rank is
-        4, so ``tf.rank`` / ``assert_rank`` would be folded away; unstacking the run-time shape into exactly 4
-        values is not, and fails with an InvalidArgumentError that a server returns to the client.
+        A loaded signature does not check the shape of what it is fed, and a rank-3 image or a 4-channel one
+        reaching the first convolution aborts the whole process inside oneDNN (a CHECK failure, not an exception).
+        The static shape is [?, ?, ?, 3], so ``tf.rank`` / ``assert_rank`` would be folded away; unstacking the
+        run-time shape into exactly 4 values is not, and each check fails with an InvalidArgumentError that a
+        server returns to the client.
         """
-        shape = tf.unstack(tf.shape(images), num=4, name="expect_rank_4_NHWC")
-        check = tf.debugging.assert_greater(tf.reduce_min(shape[:3]), 0, message="images: empty batch or image")
-        with tf.control_dependencies([check]):
+        n, h, w, channels = tf.unstack(tf.shape(images), num=4, name="expect_rank_4_NHWC")
+        pixels = tf.cast(n, tf.int64) * tf.cast(h, tf.int64) * tf.cast(w, tf.int64)
+        checks = [
+            tf.debugging.assert_greater(tf.reduce_min([n, h, w]), 0, message="images: empty batch or image"),
+            tf.debugging.Assert(tf.equal(channels, 3), [
+                "images: expected RGB images [N, H, W, 3], got", channels, "channels (send greyscale as 3 equal "
+                "channels, drop an alpha channel)"]),
+            tf.debugging.Assert(tf.logical_or(tf.equal(self.max_pixels, 0), pixels <= self.max_pixels), [
+                "images: the request holds", pixels, "pixels (N x H x W), more than this export allows (max_pixels):",
+                self.max_pixels]),
+        ]
+        with tf.control_dependencies(checks):
             return tf.identity(images)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
@@ -58,20 +80,22 @@ class SegmentationServingModule(tf.Module):
         return self._predict(self._checked(images))
 
 
-def export_saved_model(model, path, overwrite=False):
-    """Export ``model`` (a gsto_tf model or any Keras model with one logits output) to ``path``."""
+def export_saved_model(model, path, overwrite=False, max_pixels=DEFAULT_MAX_PIXELS):
+    """Export ``model`` (a gsto_tf model or any Keras model with one logits output) to ``path``; requests of more
+    than ``max_pixels`` pixels (N x H x W, 0 = no cap) are refused by the signatures."""
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"export: {path} exists (pass overwrite=True / --overwrite to replace it)")
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    module = SegmentationServingModule(model)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".export-")
+    module = SegmentationServingModule(model, max_pixels)
+    tmp = make_temp_dir(parent, ".export-")
     try:
         tf.saved_model.save(module, tmp, signatures={
             "serving_default": module.serve_uint8.get_concrete_function(),
             "serving_normalized": module.serve_normalized.get_concrete_function(),
         })
+        default_permissions(tmp, recursive=True)
         if os.path.exists(path):
             old = tempfile.mkdtemp(dir=parent, prefix=".old-")
             os.rename(path, os.path.join(old, "x"))

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from gsto_tf.atomic import write_atomically
+from gsto_tf.data.normalization import normalize_image
 from gsto_tf.models import inference_model
 
 QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8")
@@ -67,8 +68,11 @@ def convert_to_tflite(model, input_size, quantize="none", representative_images=
     return converter.convert()
 
 
-def export_tflite(model, path, input_size, quantize="none", representative_images=None):
-    """Convert and write atomically; returns the path. ``input_size=None`` exports a dynamic-size model."""
+def export_tflite(model, path, input_size, quantize="none", representative_images=None, overwrite=False):
+    """Convert and write atomically; returns the path. ``input_size=None`` exports a dynamic-size model. An
+    existing file is replaced only with ``overwrite=True``."""
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"export: {os.fspath(path)} exists (pass overwrite=True / --overwrite to replace it)")
     data = convert_to_tflite(model, input_size, quantize, representative_images)
 
     def write(tmp):
@@ -81,8 +85,11 @@ def export_tflite(model, path, input_size, quantize="none", representative_image
 class TFLiteRunner:
     """Runs a gsto_tf TFLite file with the LiteRT interpreter.
 
-    A fixed-size model checks each image against its size; a dynamic-size one (exported with ``input_size=None``)
-    is resized to each new image size (``resize_tensor_input`` + ``allocate_tensors``, cheap when the size repeats).
+    Input: one image ``[H, W, 3]`` or ``[1, H, W, 3]``, either uint8 RGB (normalised here with
+    :func:`gsto_tf.data.normalization.normalize_image`, as the training data was) or float32 already normalised;
+    other dtypes are refused, so an image never runs unnormalised. A fixed-size model checks each image against its
+    size; a dynamic-size one (exported with ``input_size=None``) is resized to each new image size
+    (``resize_tensor_input`` + ``allocate_tensors``, cheap when the size repeats).
     ``delegate="auto"`` uses LiteRT's default XNNPACK delegate and falls back to the plain builtin kernels if the
     delegate refuses the model (XNNPACK rejects, e.g., some degenerate int8 quantisation parameters);
     ``"xnnpack"`` never falls back, ``"none"`` never uses it. :attr:`delegate` says which one runs.
@@ -125,17 +132,31 @@ class TFLiteRunner:
         """Names of the operators in the model (e.g. to check that no Flex op slipped in)."""
         return sorted({op["op_name"] for op in self.interpreter._get_ops_details()})
 
-    def __call__(self, image):
-        image = np.asarray(image, np.float32)
+    def _prepared(self, image):
+        """``image`` as a normalised float32 ``[1, H, W, 3]`` of a size this model takes, or a ValueError."""
+        image = np.asarray(image)
+        if image.dtype == np.uint8:
+            image = np.asarray(normalize_image(image))
+        elif image.dtype.kind != "f":
+            raise ValueError(f"{self.path}: image of dtype {image.dtype}; pass uint8 RGB (normalised here) or float32 "
+                             "normalised with gsto_tf.data.normalize_image")
+        image = image.astype(np.float32, copy=False)
         if image.ndim == 3:
             image = image[None]
-        expected = self.input_shape
-        if image.ndim != 4 or any(e is not None and e != d for e, d in zip(expected, image.shape)):
-            one_rgb_image = image.ndim == 4 and image.shape[0] == 1 and image.shape[3] == 3
-            hint = (f"re-export with --input-size {image.shape[1]}x{image.shape[2]} or --input-size dynamic"
-                    if one_rgb_image else "pass one RGB image [H, W, 3] or a batch of one [1, H, W, 3]")
-            raise ValueError(f"{self.path}: input of shape {image.shape}, but this TFLite model takes "
-                             f"({', '.join('?' if e is None else str(e) for e in expected)}) ({hint})")
+        if image.ndim != 4 or image.shape[0] != 1 or image.shape[3] != 3:
+            raise ValueError(f"{self.path}: input of shape {image.shape}; pass one RGB image [H, W, 3] or a batch "
+                             "of one [1, H, W, 3]")
+        if 0 in image.shape:
+            raise ValueError(f"{self.path}: empty image of shape {image.shape}")
+        (_, h, w, _), (_, got_h, got_w, _) = self.input_shape, image.shape
+        if (h is not None and h != got_h) or (w is not None and w != got_w):
+            raise ValueError(f"{self.path}: this TFLite model was exported for {h}x{w} images, got {got_h}x{got_w}; "
+                             f"resize the image to {h}x{w} first (gsto_tf.layers.resize_bilinear), or export a "
+                             "dynamic-size model (--input-size dynamic)")
+        return image
+
+    def __call__(self, image):
+        image = self._prepared(image)
         if self.dynamic and tuple(self.interpreter.get_input_details()[0]["shape"]) != image.shape:
             self.interpreter.resize_tensor_input(self.input["index"], list(image.shape))
             self.interpreter.allocate_tensors()

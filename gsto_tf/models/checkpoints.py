@@ -3,7 +3,8 @@
 * :func:`read_state_dict` reads ``.pth`` files (PyTorch's zip format) **without torch and without executing
   pickled code**: a restricted unpickler accepts only the handful of names a plain tensor state dict needs
   (``torch._utils._rebuild_tensor_v2``, ``torch.*Storage``, ``collections.OrderedDict``) and rebuilds tensors as
-  numpy arrays from the archive's raw storages. Anything else (e.g. a ``REDUCE`` to ``os.system``) is refused.
+  numpy arrays from the archive's raw storages, each checked against its storage before a byte is read. Anything
+  else (e.g. a ``REDUCE`` to ``os.system``) is refused.
   ``.npz`` files with the same keys work too.
 * :func:`load_torch_weights` maps a state dict onto a model by layer names: every weight-bearing layer of a gsto_tf
   model is named like its PyTorch module path (see :mod:`gsto_tf.models.blocks`), nested layers joined with '.'.
@@ -12,9 +13,12 @@
 
 import collections
 import dataclasses
+import io
+import math
 import os
 import pickle
 import zipfile
+import zlib
 
 import keras
 import numpy as np
@@ -37,6 +41,12 @@ _STORAGE_DTYPES = {
     "ByteStorage": np.uint8,
     "BoolStorage": np.bool_,
 }
+_MAX_NDIM = 32  # numpy's limit is 64; no network weight comes near either
+_MAX_DIM = 1 << 48  # per size / stride entry; the storage bounds the real extent
+# A storage entry compressed more than this (and larger than 1 MiB) is a zip bomb: torch.save stores entries
+# uncompressed, and float weights barely compress.
+_MAX_COMPRESSION_RATIO = 20
+_COMPRESSED_SIZE_FLOOR = 1 << 20
 
 
 class CheckpointError(ValueError):
@@ -45,27 +55,34 @@ class CheckpointError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class _StorageType:
-    dtype: type
+    name: str  # e.g. "FloatStorage"; a storage type without a numpy dtype is refused when a tensor uses it
 
 
-def _rebuild_tensor(storage, offset, size, stride, *_unused):
-    itemsize = storage.itemsize
-    return np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
-    ).copy()
+class _Lazy:
+    """What the unpickler returns for a storage or a tensor: the pickled arguments, unchecked and unread.
+
+    Nothing is read or allocated while unpickling; :class:`_TensorBuilder` checks each tensor against its storage
+    afterwards, when the state-dict key is known, so every error names the key.
+    """
+
+    def __init__(self, kind, args):
+        self.kind = kind  # "storage" (a persistent id), "tensor" (_rebuild_tensor_v2), "parameter"
+        self.args = args
 
 
-def _rebuild_parameter(data, *_unused):
-    return data
+def _rebuild_tensor(*args):
+    return _Lazy("tensor", args)
+
+
+def _rebuild_parameter(*args):
+    return _Lazy("parameter", args)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickler for tensor state dicts only; refuses every global it does not know."""
 
-    def __init__(self, file, archive, prefix, path):
+    def __init__(self, file, path):
         super().__init__(file)
-        self._archive = archive
-        self._prefix = prefix
         self._path = path
 
     def find_class(self, module, name):
@@ -75,44 +92,175 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _rebuild_parameter
         if module == "collections" and name == "OrderedDict":
             return collections.OrderedDict
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
+        if module == "torch" and name.endswith("Storage") and name.isidentifier():
+            return _StorageType(name)
         raise CheckpointError(
             f"{self._path}: refusing to unpickle '{module}.{name}': only plain tensor state dicts are read "
             "(no code is executed). Re-save the checkpoint as a state dict, or convert it to .npz."
         )
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"):
-            raise CheckpointError(f"{self._path}: unsupported persistent id {pid!r} in checkpoint.")
-        storage_type, key = pid[1], pid[2]
+        return _Lazy("storage", pid)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _TensorBuilder:
+    """Checks lazily unpickled tensors against the archive's storages, then builds numpy arrays.
+
+    Per tensor, before any byte is read: the storage reference is well formed and of a known dtype, its archive
+    entry holds exactly the declared number of elements (a short entry is refused), the offset is an int and the
+    size / stride are equally long tuples of non-negative ints, and the last element the tensor reaches
+    (``offset + sum((size - 1) * stride)``) lies inside the storage. A tensor never holds more elements than its
+    storage (a broadcast view is not a state-dict weight), so the arrays built from a file never exceed the bytes
+    stored in it, plus one copy of each non-contiguous tensor. Contiguous tensors are views of their storage
+    (tensors that share a storage share memory, as in torch).
+    """
+
+    def __init__(self, archive, prefix, path):
+        self.archive = archive
+        self.prefix = prefix
+        self.path = path
+        self._storages = {}  # archive key -> 1-D numpy array
+
+    def _fail(self, key, what):
+        return CheckpointError(f"{self.path}: tensor '{key}': {what}")
+
+    def _storage(self, key, ref):
+        pid = ref.args
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise self._fail(key, f"unsupported storage reference {_short(pid)} (expected ('storage', type, key, "
+                                  "location, number of elements) as torch.save writes)")
+        _, storage_type, name, _location, numel = pid
         if not isinstance(storage_type, _StorageType):
-            raise CheckpointError(f"{self._path}: unsupported storage type {storage_type!r}.")
-        raw = self._archive.read(f"{self._prefix}/data/{key}")
-        return np.frombuffer(raw, dtype=np.dtype(storage_type.dtype).newbyteorder("<"))
+            raise self._fail(key, f"unsupported storage type {_short(storage_type)}")
+        if storage_type.name not in _STORAGE_DTYPES:
+            raise self._fail(key, f"dtype of torch.{storage_type.name} is not supported (supported: "
+                                  f"{', '.join(sorted(_STORAGE_DTYPES))}); save it as float32")
+        if not isinstance(name, str) or not _is_int(numel) or numel < 0:
+            raise self._fail(key, f"malformed storage reference {_short(pid)} (expected a string key and a "
+                                  "non-negative element count)")
+        dtype = np.dtype(_STORAGE_DTYPES[storage_type.name]).newbyteorder("<")
+        entry = f"{self.prefix}/data/{name}" if self.prefix else f"data/{name}"
+        cached = self._storages.get(entry)
+        if cached is not None:
+            if cached.dtype != dtype or cached.size != numel:
+                raise self._fail(key, f"storage data/{name} is referenced with two different types or sizes")
+            return cached
+        try:
+            info = self.archive.getinfo(entry)
+        except KeyError:
+            raise self._fail(key, f"storage entry {entry} is missing from the archive (truncated or corrupt "
+                                  "file)") from None
+        if info.file_size != numel * dtype.itemsize:
+            raise self._fail(key, f"storage entry {entry} holds {info.file_size} bytes, but the checkpoint "
+                                  f"declares {numel} x {dtype.itemsize}-byte elements = {numel * dtype.itemsize} "
+                                  "bytes (truncated or corrupt file)")
+        _check_compression(info, self.path)
+        raw = bytearray(self.archive.read(entry))  # writable, so the arrays built on it are too
+        storage = np.frombuffer(raw, dtype=dtype)
+        self._storages[entry] = storage
+        return storage
+
+    def build(self, key, value):
+        if isinstance(value, _Lazy) and value.kind == "parameter":
+            if not value.args:
+                raise self._fail(key, "torch._utils._rebuild_parameter without data")
+            value = value.args[0]
+        if not (isinstance(value, _Lazy) and value.kind == "tensor"):
+            raise self._fail(key, f"expected a tensor, got {_short(value)} (a state dict maps names to tensors)")
+        args = value.args
+        if len(args) < 4:
+            raise self._fail(key, f"_rebuild_tensor_v2 with {len(args)} arguments, expected (storage, offset, "
+                                  "size, stride, ...)")
+        ref, offset, size, stride = args[:4]
+        if not isinstance(ref, _Lazy) or ref.kind != "storage":
+            raise self._fail(key, f"the tensor's storage is {_short(ref)}, not a storage of the archive")
+        if not _is_int(offset) or offset < 0:
+            raise self._fail(key, f"storage offset {_short(offset)}, expected a non-negative int")
+        for what, dims in (("size", size), ("stride", stride)):
+            if not isinstance(dims, (tuple, list)) or not all(_is_int(d) and 0 <= d <= _MAX_DIM for d in dims):
+                raise self._fail(key, f"{what} {_short(dims)}, expected a tuple of non-negative ints "
+                                      f"(at most {_MAX_DIM})")
+        if len(size) != len(stride) or len(size) > _MAX_NDIM:
+            raise self._fail(key, f"size {tuple(size)} and stride {tuple(stride)}: expected equally long tuples "
+                                  f"of at most {_MAX_NDIM} dimensions")
+        storage = self._storage(key, ref)
+        numel = math.prod(size)
+        if numel == 0:
+            if offset > storage.size:
+                raise self._fail(key, f"storage offset {offset} is past the end of its storage of {storage.size} "
+                                      "elements")
+            return np.zeros(tuple(size), storage.dtype)
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= storage.size:
+            raise self._fail(key, f"size {tuple(size)}, stride {tuple(stride)} and offset {offset} reach element "
+                                  f"{last}, but its storage holds {storage.size} elements (out of range)")
+        if numel > storage.size:
+            raise self._fail(key, f"size {tuple(size)} has {numel} elements, more than its storage's "
+                                  f"{storage.size} (an overlapping or broadcast view; save a .clone())")
+        itemsize = storage.itemsize
+        # The stride of a dimension of size 1 is never used; 0 keeps numpy's byte strides small.
+        array = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
+                                                strides=tuple(0 if n == 1 else s * itemsize
+                                                              for n, s in zip(size, stride)))
+        return array if array.flags.c_contiguous else array.copy()
+
+
+def _short(value, limit=80):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_compression(info, path):
+    if (info.compress_type != zipfile.ZIP_STORED and info.file_size > _COMPRESSED_SIZE_FLOOR
+            and info.file_size > _MAX_COMPRESSION_RATIO * max(info.compress_size, 1)):
+        raise CheckpointError(
+            f"{path}: archive entry {info.filename} expands from {info.compress_size} to {info.file_size} bytes "
+            f"(more than {_MAX_COMPRESSION_RATIO}:1; torch.save stores entries uncompressed): refused")
 
 
 def _read_pth(path):
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head == b"PK\x03\x04":  # a zip's first entry, but no readable directory at the end
+            raise CheckpointError(f"{path}: truncated or corrupt zip archive (the zip directory at its end is "
+                                  "missing); download or copy it again.")
         raise CheckpointError(
             f"{path}: not a PyTorch zip checkpoint (torch.save since 1.6 writes zip files). Legacy or "
             "non-PyTorch files are not read; re-save it with torch.save(state_dict) or convert it to .npz."
         )
     with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+        names = archive.namelist()
+        pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
         if len(pickles) != 1:
             raise CheckpointError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}.")
         prefix = pickles[0].rsplit("/", 1)[0] if "/" in pickles[0] else ""
-        byteorder = f"{prefix}/byteorder"
-        if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
+        byteorder = f"{prefix}/byteorder" if prefix else "byteorder"
+        if byteorder in names and archive.read(byteorder).strip() != b"little":
             raise CheckpointError(f"{path}: big-endian checkpoints are not supported.")
-        with archive.open(pickles[0]) as f:
-            obj = _RestrictedUnpickler(f, archive, prefix, path).load()
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a dict of tensors (a state dict).")
-    return dict(obj)
+        _check_compression(archive.getinfo(pickles[0]), path)
+        try:
+            obj = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), path).load()
+        except CheckpointError:
+            raise
+        except Exception as exc:  # a corrupt pickle raises many types (EOFError, TypeError, KeyError, ...)
+            raise CheckpointError(f"{path}: corrupt PyTorch checkpoint: data.pkl does not unpickle "
+                                  f"({type(exc).__name__}: {exc}).") from None
+        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{path}: expected a dict of tensors (a state dict), got {type(obj).__name__}.")
+        builder = _TensorBuilder(archive, prefix, path)
+        state = {}
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                raise CheckpointError(f"{path}: state-dict key {_short(key)} is not a string.")
+            state[key] = builder.build(key, value)
+    return state
 
 
 def _clean(state_dict):
@@ -131,6 +279,9 @@ def read_state_dict(path):
     """Read an official checkpoint (``.pth`` zip or ``.npz``) into ``{key: float numpy array}``.
 
     The ``model.`` prefix of released checkpoints is stripped; ``loss.*`` and ``num_batches_tracked`` are dropped.
+    A ``.pth`` is read without torch and without running pickled code, and every tensor is checked against its
+    storage before a byte of it is read (see :class:`_TensorBuilder`): a malformed, truncated or hostile file
+    raises :class:`CheckpointError` naming the file and the tensor's key.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -144,8 +295,8 @@ def read_state_dict(path):
     elif path.endswith((".pth", ".pt", ".pth.tar", ".bin")):
         try:
             state = _read_pth(path)
-        except (pickle.UnpicklingError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-            raise CheckpointError(f"{path}: corrupt PyTorch checkpoint ({exc}).") from None
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:  # an entry fails its CRC / inflate
+            raise CheckpointError(f"{path}: truncated or corrupt zip archive ({exc}).") from None
     else:
         raise CheckpointError(f"{path}: unknown checkpoint extension; expected .pth or .npz.")
     return _clean(state)
@@ -300,9 +451,39 @@ def _infer_num_classes(state):
     return None
 
 
+def model_num_classes(model):
+    """The number of classes of a model's final logits, or None for a model without a symbolic output."""
+    from gsto_tf.models.factory import inference_model
+
+    try:
+        return int(inference_model(model).output.shape[-1])
+    except (AttributeError, ValueError, TypeError):  # a subclassed model that was never called symbolically
+        return None
+
+
+def check_num_classes(model, num_classes, source, classes_of=None):
+    """:class:`CheckpointError` when ``model`` predicts another number of classes than ``num_classes``.
+
+    ``classes_of`` says where ``num_classes`` comes from (e.g. "dataset 'cityscapes'"): a 19-class checkpoint
+    evaluated on an 8-class dataset would otherwise report a meaningless score.
+    """
+    _check_class_count(model_num_classes(model), num_classes, source, classes_of)
+
+
+def _check_class_count(found, num_classes, source, classes_of):
+    if num_classes is not None and found is not None and found != num_classes:
+        where = f"{classes_of} has {num_classes}" if classes_of else f"{num_classes} were asked for"
+        raise CheckpointError(f"{source}: the checkpoint predicts {found} classes, but {where}; use the dataset "
+                              "(or --num-classes) the checkpoint was trained for")
+
+
 def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, backbone_only=False,
-                    **build_options):
+                    classes_of=None, **build_options):
     """Load any gsto_tf checkpoint; returns ``(model, report)`` (report is None for Keras formats).
+
+    ``num_classes``, when given, is also checked: a checkpoint that predicts another number of classes raises
+    :class:`CheckpointError` naming both numbers (``classes_of`` names their source in the message, e.g.
+    ``"dataset 'lip'"``).
 
     * ``.keras``: a full saved model (``model`` / ``name`` not needed);
     * ``.weights.h5``: Keras weights into ``model`` or into ``build(name, num_classes, **build_options)``;
@@ -322,9 +503,11 @@ def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, 
         try:
             # compile=False: a training checkpoint stores its optimizer (TorchSGD) and losses, which loading for
             # inference needs neither to import nor to rebuild; recompile to train further.
-            return keras.saving.load_model(path, compile=False), None
+            loaded = keras.saving.load_model(path, compile=False)
         except Exception as exc:  # keras raises many types for a corrupt archive
             raise CheckpointError(f"{path}: cannot load Keras model ({type(exc).__name__}: {exc}).") from None
+        check_num_classes(loaded, num_classes, path, classes_of)
+        return loaded, None
     if path.endswith(".weights.h5"):
         if model is None:
             if name is None or num_classes is None:
@@ -340,7 +523,9 @@ def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, 
         if model is None:
             if name is None:
                 raise CheckpointError(f"{path}: an official checkpoint needs `model` or a model `name`.")
-            num_classes = num_classes or (None if backbone_only else _infer_num_classes(state))
+            in_file = None if backbone_only else _infer_num_classes(state)
+            _check_class_count(in_file, num_classes, path, classes_of)
+            num_classes = num_classes or in_file
             if num_classes is None:
                 raise CheckpointError(f"{path}: cannot infer the number of classes; pass `num_classes`.")
             model = build(name, num_classes, **build_options)

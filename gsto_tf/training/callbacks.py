@@ -17,12 +17,7 @@ import shutil
 import keras
 import tensorflow as tf
 
-from gsto_tf.atomic import storage_errors, write_atomically
-
-
-def save_model_atomically(model, path):
-    """``model.save(path)`` through a temp file in the same folder + rename: a reader never sees half a file."""
-    return write_atomically(path, model.save)
+from gsto_tf.atomic import save_model_atomically, storage_errors, write_atomically
 
 
 class ResumeState:

@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from gsto_tf.data import build_eval_dataset, build_train_dataset, get_dataset_spec, list_samples, resolve_data_dir
+from gsto_tf.data.decode import reading_data
 from gsto_tf.evaluation import evaluate, test_setting
 from gsto_tf.models import build, inference_model, load_torch_weights
 from gsto_tf.models.outputs import loss_weight
@@ -214,8 +215,9 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
     history = None
     if initial_chunk < num_chunks:
         callbacks = _callbacks(run_dir, state, nan_guard, run_eval, config, chunk, initial_chunk, eval_context)
-        history = model.fit(ds, epochs=num_chunks, steps_per_epoch=chunk, initial_epoch=initial_chunk, shuffle=False,
-                            callbacks=callbacks, verbose=verbose)
+        with reading_data():  # a bad file: one line naming it, not a graph-execution error
+            history = model.fit(ds, epochs=num_chunks, steps_per_epoch=chunk, initial_epoch=initial_chunk,
+                                shuffle=False, callbacks=callbacks, verbose=verbose)
     final_loss = float(history.history["loss"][-1]) if history and history.history.get("loss") else float("nan")
     if nan_guard.failed_step is not None:
         return TrainResult(run_dir, nan_guard.failed_step, final_loss, None, time.time() - start,

@@ -34,7 +34,7 @@ def prediction_grid(samples, spec, path, opacity=0.5):
         rgb = denormalize_image(image)
         panels = [(rgb, "image"), (colorize(label, spec.palette, spec.ignore_label), "ground truth"),
                   (colorize(pred, spec.palette, spec.ignore_label), "prediction"),
-                  (overlay(rgb, pred, spec.palette, opacity), f"overlay ({opacity:g})")]
+                  (overlay(rgb, pred, spec.palette, opacity, spec.ignore_label), f"overlay ({opacity:g})")]
         for c, (img, title) in enumerate(panels):
             axes[r, c].imshow(img)
             axes[r, c].set_title(title, fontsize=9)
