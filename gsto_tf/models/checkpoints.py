@@ -434,6 +434,28 @@ def load_torch_weights(model, state_dict_or_path, strict=False, backbone_only=Fa
     return report
 
 
+def torch_state_dict(model, include=None):
+    """The model's weights as an official-layout state dict ``{key: array}`` (conv kernels ``[O, I, kh, kw]``),
+    the inverse of :func:`load_torch_weights`. ``include(key) -> bool`` keeps a subset (e.g. a trunk without
+    its head); save it with ``numpy.savez`` and load it back with ``load_torch_weights`` / ``model.pretrained``."""
+    state = {}
+    for key, (variable, _) in model_torch_keys(model).items():
+        if include is not None and not include(key):
+            continue
+        value = np.asarray(variable.numpy())
+        if value.ndim == 4:  # keras [kh, kw, I, O] -> torch [O, I, kh, kw]
+            value = np.transpose(value, (3, 2, 0, 1))
+        elif value.ndim == 2:  # Dense [I, O] -> torch Linear [O, I]
+            value = value.T
+        state[key] = np.ascontiguousarray(value)
+    return state
+
+
+def is_head_key(key):
+    """True for the keys an ImageNet trunk checkpoint does not provide (heads, GSTO's gates)."""
+    return any(m in key for m in _HEAD_MARKERS)
+
+
 def _torch_shape(keras_shape, ndim):
     """The PyTorch-layout shape a checkpoint tensor must have for a Keras variable (conv: [O, I, kh, kw])."""
     shape = tuple(int(d) for d in keras_shape)
