@@ -10,9 +10,9 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-_SPEC = importlib.util.spec_from_file_location("benchmarks_report", REPO / "benchmarks" / "report.py")
-report = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(report)
+_module_spec = importlib.util.spec_from_file_location("benchmarks_report", REPO / "benchmarks" / "report.py")
+report = importlib.util.module_from_spec(_module_spec)
+_module_spec.loader.exec_module(report)
 
 
 @pytest.fixture
