@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Slide table: HRNetV2 vs GSTO-HRNet params and GFLOPs at 1024x2048, ours next to the paper's and the exact
-official counts (SPEC §5), then every width. Prints the tables and writes benchmarks/results/counts.csv.
+official counts (measured by running the official code; docs/reference.md), then every width. Prints the tables
+and writes benchmarks/results/counts.csv.
 
     python benchmarks/counts.py [--slide-only]
 """

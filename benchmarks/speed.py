@@ -4,9 +4,8 @@
 A and B are timed *interleaved* in one process after warm-up: every round runs each model once, in a random order
 (seeded), so load from other processes and cache effects of the previous run hit both alike. The table reports
 each model's median, the ratio of the medians GSTO / HRNetV2 and the quartiles of the per-round ratios
-(``ratio_q1`` / ``ratio_q3``: on this 2-core machine they are a few % apart, so differences below that are not
-resolved), plus achieved GFLOP/s (2 x conv multiply-adds per second) next to a matmul peak measured in the same
-run. ``macs_ratio`` is GSTO / HRNetV2 in conv multiply-adds as executed here (``ModelCounts.executed_macs``:
+(``ratio_q1`` / ``ratio_q3``: differences smaller than their spread are not resolved), plus achieved GFLOP/s
+(2 x conv multiply-adds per second) next to a matmul peak measured in the same run. ``macs_ratio`` is GSTO / HRNetV2 in conv multiply-adds as executed here (``ModelCounts.executed_macs``:
 the heads' per-branch 1x1 conv runs fewer than the official count): the time ratio that free memory traffic and
 zero per-op overhead would give. Writes benchmarks/results/speed.csv.
 

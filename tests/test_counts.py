@@ -1,4 +1,4 @@
-"""Exact parameter and GFLOP counts vs the official numbers (SPEC §5)."""
+"""Exact parameter and GFLOP counts vs the numbers of the official code (docs/reference.md)."""
 
 import pytest
 

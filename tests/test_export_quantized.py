@@ -1,7 +1,7 @@
 """TFLite dynamic-range and full-int8 exports: builtins only, runnable with LiteRT, parity reports.
 
 The fast tests use an untrained model (agreement there says little); the slow test runs the README's main job
-(GSTO-HRNet w18_small_v2 trained on the built-in synthetic dataset) and checks the issue's bounds on it:
+(GSTO-HRNet w18_small_v2 trained on the built-in synthetic dataset) and checks these bounds on it (docs/export.md):
 int8 >= 97 % and fp16 >= 99.5 % argmax agreement, fp32 max |d logits| <= 1e-4 x std.
 """
 
@@ -102,9 +102,9 @@ def test_runner_falls_back_when_xnnpack_refuses_the_model(tmp_path):
 
 @pytest.mark.slow
 def test_main_job_model_int8_and_fp16_agreement(tmp_path):
-    # The issue's bounds on "a model trained on the built-in dataset": the README's main job (GSTO-HRNet
+    # The bounds on "a model trained on the built-in dataset" (docs/export.md): the README's main job (GSTO-HRNet
     # w18_small_v2, 240 steps on the synthetic set), exported at the dataset's 128x256, int8 calibrated on the
-    # 8 validation images the agreement is measured on (as `run.py export` does). ~10 min on 2 cores.
+    # 8 validation images the agreement is measured on (as `run.py export` does). Slow: it trains the main job.
     run = tmp_path / "run"
     out = subprocess.run(
         [sys.executable, os.path.join(REPO, "experiments", "run.py"), "--run-dir", str(run)],

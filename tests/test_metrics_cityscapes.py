@@ -17,9 +17,9 @@ from gsto_tf.evaluation import SegmentationMetrics, TestSetting, evaluate
 from gsto_tf.evaluation.instances import InstanceStats, category_indices, instance_label_path
 from gsto_tf.evaluation.metrics import confusion_matrix_np
 
-SPEC = get_dataset_spec("cityscapes")
-TRAIN_OF_LABEL = dict(SPEC.raw_to_train)
-LABEL_OF_TRAIN = {t: r for r, t in SPEC.raw_to_train}
+CITYSCAPES = get_dataset_spec("cityscapes")
+TRAIN_OF_LABEL = dict(CITYSCAPES.raw_to_train)
+LABEL_OF_TRAIN = {t: r for r, t in CITYSCAPES.raw_to_train}
 EVALUATED = sorted(TRAIN_OF_LABEL)  # labelIds that are not ignoreInEval
 # cityscapesScripts labels.py: labelIds with instances (caravan 29 and trailer 30 are ignoreInEval), categories
 HAS_INSTANCES = set(range(24, 34))
@@ -28,7 +28,7 @@ CATEGORY_OF_LABEL = {7: "flat", 8: "flat", 9: "flat", 10: "flat", 11: "construct
                      18: "object", 19: "object", 20: "object", 21: "nature", 22: "nature", 23: "sky", 24: "human",
                      25: "human", 26: "vehicle", 27: "vehicle", 28: "vehicle", 29: "vehicle", 30: "vehicle",
                      31: "vehicle", 32: "vehicle", 33: "vehicle"}
-AVG_SIZE = dict(SPEC.instance_classes)
+AVG_SIZE = dict(CITYSCAPES.instance_classes)
 
 
 def _reference(images):
@@ -45,7 +45,7 @@ def _reference(images):
                 continue
             mask = ids == inst_id
             size = mask.sum()
-            name = SPEC.class_names[TRAIN_OF_LABEL[label]]
+            name = CITYSCAPES.class_names[TRAIN_OF_LABEL[label]]
             weight = AVG_SIZE[name] / size
             tp = np.count_nonzero(pred[mask] == label)
             t = inst.setdefault(label, [0.0, 0.0])
@@ -63,7 +63,7 @@ def _reference(images):
 
     class_iou, class_iiou, category_iou, category_iiou = {}, {}, {}, {}
     for label in EVALUATED:
-        name = SPEC.class_names[TRAIN_OF_LABEL[label]]
+        name = CITYSCAPES.class_names[TRAIN_OF_LABEL[label]]
         tp = conf[label, label]
         fn = conf[label].sum() - tp
         fp = conf[[lab for lab in EVALUATED if lab != label], label].sum()
@@ -86,13 +86,14 @@ def _reference(images):
 
 def _ours(images):
     """SegmentationMetrics as evaluate() builds them, from the same images (predictions given as train ids)."""
-    k = SPEC.num_classes
+    k = CITYSCAPES.num_classes
     confusion = np.zeros((k, k), np.int64)
-    instance = InstanceStats.for_dataset(SPEC)
+    instance = InstanceStats.for_dataset(CITYSCAPES)
     for gt, ids, pred_train in images:
-        confusion += confusion_matrix_np(SPEC.map_labels(gt), pred_train, k)
-        instance.update(ids, pred_train, SPEC.label_lut())
-    return SegmentationMetrics.from_confusion(confusion, SPEC.class_names, categories=category_indices(SPEC),
+        confusion += confusion_matrix_np(CITYSCAPES.map_labels(gt), pred_train, k)
+        instance.update(ids, pred_train, CITYSCAPES.label_lut())
+    return SegmentationMetrics.from_confusion(confusion, CITYSCAPES.class_names,
+                                              categories=category_indices(CITYSCAPES),
                                               instance=instance)
 
 
@@ -106,7 +107,7 @@ def _random_image(rng, h=24, w=40):
     ids[0, :3] = gt[0, :3]  # some instance-class pixels without an instance (crowd regions are stored like this)
     pred_train = rng.integers(0, 19, (h, w))
     right = (rng.random((h, w)) < 0.6) & np.isin(gt, EVALUATED)
-    pred_train[right] = SPEC.map_labels(gt)[right]
+    pred_train[right] = CITYSCAPES.map_labels(gt)[right]
     return gt, ids, pred_train
 
 
@@ -116,16 +117,16 @@ def test_scores_match_cityscapes_reference_over_several_images():
     ref_class, ref_iiou, ref_cat, ref_cat_iiou = _reference(
         [(gt, ids, np.vectorize(LABEL_OF_TRAIN.get)(p)) for gt, ids, p in images])
     m = _ours(images)
-    np.testing.assert_allclose(m.per_class_iou, [ref_class[c] for c in SPEC.class_names], rtol=1e-12)
-    scored = [c for c in SPEC.class_names if c in ref_iiou]
+    np.testing.assert_allclose(m.per_class_iou, [ref_class[c] for c in CITYSCAPES.class_names], rtol=1e-12)
+    scored = [c for c in CITYSCAPES.class_names if c in ref_iiou]
     assert scored == ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
-    iiou = dict(zip(SPEC.class_names, m.per_class_iiou))
+    iiou = dict(zip(CITYSCAPES.class_names, m.per_class_iiou))
     np.testing.assert_allclose([iiou[c] for c in scored], [ref_iiou[c] for c in scored], rtol=1e-12)
-    assert all(np.isnan(iiou[c]) for c in SPEC.class_names if c not in scored)
+    assert all(np.isnan(iiou[c]) for c in CITYSCAPES.class_names if c not in scored)
     assert m.miiou == pytest.approx(np.mean([ref_iiou[c] for c in scored]), rel=1e-12)
     # weighting matters: the iIoU differs from the plain IoU of the same classes
     assert abs(m.miiou - np.mean([ref_class[c] for c in scored])) > 1e-3
-    names = [c for c, _ in SPEC.categories]
+    names = [c for c, _ in CITYSCAPES.categories]
     np.testing.assert_allclose(m.per_category_iou, [ref_cat[c] for c in names], rtol=1e-12)
     assert m.category_miou == pytest.approx(np.mean([ref_cat[c] for c in names]), rel=1e-12)
     assert sorted(ref_cat_iiou) == ["human", "vehicle"]
@@ -150,9 +151,9 @@ def test_hand_computed_iiou_weights_instances_by_size():
     assert m.per_class_iou[13] == pytest.approx(3 / (3 + 3 + 1))
     assert m.miiou == pytest.approx(tpw / (tpw + fp + fnw))  # the only instance class with pixels or predictions
     # the vehicle category: same counts (no other vehicle predicted); flat: road + sidewalk pooled
-    vehicle = [c for c, _ in SPEC.categories].index("vehicle")
+    vehicle = [c for c, _ in CITYSCAPES.categories].index("vehicle")
     assert m.per_category_iiou[vehicle] == pytest.approx(tpw / (tpw + fp + fnw))
-    flat = [c for c, _ in SPEC.categories].index("flat")
+    flat = [c for c, _ in CITYSCAPES.categories].index("flat")
     assert m.per_category_iou[flat] == pytest.approx(1 / (1 + 1 + 3))  # tp 1, fn 1 (road->car), fp 3 (car->road)
 
 
@@ -163,19 +164,20 @@ def test_metrics_output_reports_iiou_and_categories(tmp_path):
     assert "iIoU" in table and "vehicle" in table and "category" in table
     data = json.load(open(m.save(str(tmp_path))[0]))
     assert data["iIoU"] == pytest.approx(m.miiou, abs=1e-6)
-    assert set(data["per_class_iiou"]) == {c for c, _ in SPEC.instance_classes}
+    assert set(data["per_class_iiou"]) == {c for c, _ in CITYSCAPES.instance_classes}
     assert data["category_mIoU"] == pytest.approx(m.category_miou, abs=1e-6)
     assert set(data["per_category_iiou"]) == {"human", "vehicle"}
     csv_text = open(os.path.join(tmp_path, "metrics.csv")).read()
     assert csv_text.splitlines()[0] == "class,iou,gt_pixels,pred_pixels,iiou"
-    without = SegmentationMetrics.from_confusion(m.confusion, SPEC.class_names, categories=category_indices(SPEC))
+    without = SegmentationMetrics.from_confusion(m.confusion, CITYSCAPES.class_names,
+                                                 categories=category_indices(CITYSCAPES))
     assert without.miiou is None and "iIoU" not in without.to_dict() and "not computed" in without.table()
 
 
 def test_evaluate_reads_instance_maps_and_matches_reference(tmp_path):
     root = tiny_cityscapes(str(tmp_path), n=2, instances=True)
     predictions = {}
-    metrics = evaluate(pointwise_model(19), build_eval_dataset("cityscapes", root), SPEC, setting=TestSetting(),
+    metrics = evaluate(pointwise_model(19), build_eval_dataset("cityscapes", root), CITYSCAPES, setting=TestSetting(),
                        progress=False, on_prediction=lambda path, pred: predictions.setdefault(path, pred))
     images = []
     for image_path, label_path in list_samples("cityscapes", root, "val"):
@@ -191,14 +193,14 @@ def test_evaluate_reads_instance_maps_and_matches_reference(tmp_path):
 
 def test_evaluate_without_instance_maps_skips_iiou_and_partial_maps_fail(tmp_path, capsys):
     root = tiny_cityscapes(str(tmp_path / "plain"), n=2)
-    metrics = evaluate(pointwise_model(19), build_eval_dataset("cityscapes", root), SPEC, progress=False)
+    metrics = evaluate(pointwise_model(19), build_eval_dataset("cityscapes", root), CITYSCAPES, progress=False)
     assert metrics.instance is None and metrics.category_miou is not None
     assert "iIoU not computed" in capsys.readouterr().err
     root = tiny_cityscapes(str(tmp_path / "partial"), n=2, instances=True)
     missing = f"{root}/gtFine/val/aachen/aachen_000001_000019_gtFine_instanceIds.png"
     os.remove(missing)
     with pytest.raises(DatasetError, match="instance-id map not found: .*aachen_000001_000019_gtFine_instanceIds"):
-        evaluate(pointwise_model(19), build_eval_dataset("cityscapes", root), SPEC, progress=False)
+        evaluate(pointwise_model(19), build_eval_dataset("cityscapes", root), CITYSCAPES, progress=False)
     write_png(missing, np.zeros((3, 3), np.uint16))
     with pytest.raises(DatasetError, match=r"aachen_000001_000019_gtFine_instanceIds.png: shape \(3, 3\), expected"):
-        evaluate(pointwise_model(19), build_eval_dataset("cityscapes", root), SPEC, progress=False)
+        evaluate(pointwise_model(19), build_eval_dataset("cityscapes", root), CITYSCAPES, progress=False)

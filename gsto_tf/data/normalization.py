@@ -2,7 +2,8 @@
 
 Images are RGB. ``normalize_image`` maps uint8 [0, 255] (or float already in [0, 255]) to
 ``(x / 255 - mean) / std`` with the ImageNet statistics used by HRNet and every backbone checkpoint we load
-(SPEC §6). Training pipelines, evaluation, prediction and the exported SavedModel / TFLite graphs all call it.
+(HRNet ``lib/datasets/base_dataset.py``). Training pipelines, evaluation, prediction and the exported SavedModel /
+TFLite graphs all call it.
 """
 
 import numpy as np

@@ -4,8 +4,8 @@ The original release (cs.stanford.edu/~roozbeh/pascal-context, ``trainval.tar.gz
 ``{image_id}.mat`` per VOC2010 image, holding ``LabelMap``: uint16 [H, W] with ids of the full 459-label list
 (1-based, ``labels.txt``). The 59-class benchmark keeps 59 of those ids; everything else becomes background.
 :func:`prepare_pascal_context` writes ``VOC2010/SegmentationClassContext/{id}.png`` (0 = background,
-1..59 = the 59 classes in alphabetical order, SPEC §7) and ``ImageSets/SegmentationContext/{train,val}.txt``
-once, so the training pipeline only ever reads the PNG layout.
+1..59 = the 59 classes in alphabetical order, as PASCAL in Detail's ``trainval_merged.json``) and
+``ImageSets/SegmentationContext/{train,val}.txt`` once, so the training pipeline only ever reads the PNG layout.
 """
 
 import os

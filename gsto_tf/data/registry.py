@@ -1,7 +1,8 @@
 """Dataset registry: everything gsto_tf knows about a dataset, in one place.
 
 Per dataset: class names, palette, ignore label, the raw-id -> train-id mapping, flip pairs, expected split sizes,
-default crop / base size and scale range (SPEC §6-7), and the on-disk layout with where to get the data.
+default crop / base size and scale range (HRNet's ``experiments/*.yaml`` and ``lib/datasets/*.py``), and the
+on-disk layout with where to get the data.
 Labels seen by everything downstream of :meth:`DatasetSpec.map_labels` are train ids ``0..K-1`` or ``ignore_label``.
 """
 
@@ -33,8 +34,9 @@ class DatasetSpec:
     base_size: int = 2048
     scale_range: tuple = (0.5, 2.0)
     layout_kind: str = "cityscapes"  # which reader lists the files (gsto_tf.data.layouts)
-    # Instance-level scores (Cityscapes iIoU, SPEC §8): (class name, average instance size in pixels) of the classes
-    # scored per instance, and (category name, class names) of the category-level scores. Empty: not scored.
+    # Instance-level scores (Cityscapes iIoU, cityscapesScripts' evalPixelLevelSemanticLabeling.py): (class name,
+    # average instance size in pixels) of the classes scored per instance, and (category name, class names) of the
+    # category-level scores. Empty: not scored.
     instance_classes: tuple = ()
     categories: tuple = ()
 
@@ -169,7 +171,7 @@ SYNTHETIC_CLASSES = ("road", "water", "sky", "building", "vegetation", "car", "b
 # Raw ids in the Cityscapes spirit (0 = unlabeled, 1 = ego vehicle, both void); the generator writes these.
 SYNTHETIC_RAW_TO_TRAIN = ((7, 0), (9, 1), (23, 2), (11, 3), (21, 4), (26, 5), (29, 6), (24, 7))
 
-_SPECS = {
+_DATASETS = {
     "cityscapes": DatasetSpec(
         name="cityscapes",
         class_names=CITYSCAPES_CLASSES,
@@ -234,8 +236,8 @@ _SPECS = {
 
 
 # PASCAL-Context with the background as class 0: the same data, another label mapping.
-_SPECS["pascal_context_60"] = dataclasses.replace(
-    _SPECS["pascal_context"],
+_DATASETS["pascal_context_60"] = dataclasses.replace(
+    _DATASETS["pascal_context"],
     name="pascal_context_60",
     class_names=("background",) + PASCAL_CONTEXT_CLASSES,
     palette=_voc_palette(60),
@@ -245,13 +247,13 @@ _SPECS["pascal_context_60"] = dataclasses.replace(
 
 
 def available_datasets():
-    return sorted(_SPECS)
+    return sorted(_DATASETS)
 
 
 def get_dataset_spec(name):
     """The :class:`DatasetSpec` of ``name``; a ValueError lists the valid names."""
     if isinstance(name, DatasetSpec):
         return name
-    if name not in _SPECS:
+    if name not in _DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(available_datasets())}")
-    return _SPECS[name]
+    return _DATASETS[name]

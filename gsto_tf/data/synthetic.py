@@ -14,8 +14,8 @@ Design (what makes it a useful stand-in for a multi-scale segmentation benchmark
 * **Ignore regions**: an "ego vehicle" band at the bottom of some images (raw id 1) and random void patches
   (raw id 0), both mapped to the ignore label.
 
-Generation is seeded (image ``i`` of split ``s`` uses seed ``(seed, split, i)``), vectorised numpy, a few seconds
-for the default size, and atomic: files go to a temp folder that is renamed into place when complete.
+Generation is seeded (image ``i`` of split ``s`` uses seed ``(seed, split, i)``), vectorised numpy (cheap enough to
+build on first use), and atomic: files go to a temp folder that is renamed into place when complete.
 """
 
 import hashlib

@@ -1,4 +1,4 @@
-"""Published test settings per dataset (SPEC §6), in one table.
+"""Published test settings per dataset (HRNet's ``experiments/*.yaml`` TEST sections), in one table.
 
 ``scales`` are factors of the original image size; ``slide`` gives the window (crop) size, ``None`` = whole image.
 """

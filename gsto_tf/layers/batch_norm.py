@@ -13,8 +13,8 @@ over the batch of all replicas. Keras 3 updates the moving variance with the bia
 Training paths:
 
 * fused: NHWC rank-4 float32 / bfloat16 / float16 maps with more than one channel, ``center`` and ``scale``, no
-  mask, not synchronized: TensorFlow's ``FusedBatchNormV3``, one kernel forward and one backward (a w18_small_v2
-  train step at 512x1024 measured 4-6 % faster than Keras' composed ops on this project's 2-core CPU). It also
+  mask, not synchronized: TensorFlow's ``FusedBatchNormV3``, one kernel forward and one backward instead of
+  Keras' chain of composed ops (fewer passes over the activations; measured in benchmarks/speed.py). It also
   returns the Bessel-corrected batch variance.
 * composed: everything else. Single-channel maps (GSTO's gates: the fused kernel is slower there), float64 (the
   fused kernel has no float64 kernel; this path is exact float64), ``synchronized=True`` (the moments of the

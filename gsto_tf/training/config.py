@@ -104,7 +104,7 @@ RECIPES = {
         "train": {"global_batch_size": 40, "lr": 0.007, "weight_decay": 5e-4, "epochs": 150,
                   "checkpoint_every": 500, "eval_every": 20},
     },
-    # The README's main job: a few minutes on 2 CPU cores. 240 steps leave the BN running averages (momentum 0.01)
+    # The README's main job, short enough for a CPU. 240 steps leave the BN running averages (momentum 0.01)
     # behind the weights, so PreciseBN re-estimates them over one epoch of the 320 training images (40 batches)
     # before evaluating; the long recipes above converge them and keep it off (0), but can set it.
     "synthetic": {

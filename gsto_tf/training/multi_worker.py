@@ -1,6 +1,6 @@
 """Make ``model.fit`` work under MultiWorkerMirroredStrategy in Keras 3.15 — the one place that does it.
 
-Keras 3.15's TensorFlow trainer fails under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585, SPEC §9):
+Keras 3.15's TensorFlow trainer fails under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585):
 
 1. ``TensorFlowTrainer._maybe_symbolic_build`` reduces the first distributed batch with a cross-replica
    ``strategy.reduce("MEAN", batch, axis=None)`` just to learn its shapes; under the collective multi-worker
