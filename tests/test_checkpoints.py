@@ -178,10 +178,10 @@ def test_convert_cli_backbone_only_needs_classes_and_reports(small_model, tmp_pa
 
 
 def test_official_gsto_checkpoint_loads_into_an_ablation_subset(fixtures_dir):
-    full = build("gsto_hrnet_w18_small_v2", 19)
-    full_report = load_torch_weights(full, str(fixtures_dir / "gsto_hrnet_w18s2_c19_weights.npz"))
-    model = build("gsto_hrnet_w18_small_v2", 19, gsto_parts=["fusion_gates"])
-    report = load_torch_weights(model, str(fixtures_dir / "gsto_hrnet_w18s2_c19_weights.npz"))
+    full = build("gsto_hrnet_w18_small_v1", 19)
+    full_report = load_torch_weights(full, str(fixtures_dir / "gsto_hrnet_w18s1_c19.pth"))
+    model = build("gsto_hrnet_w18_small_v1", 19, gsto_parts=["fusion_gates"])
+    report = load_torch_weights(model, str(fixtures_dir / "gsto_hrnet_w18s1_c19.pth"))
     assert not report.missing
     extra = set(report.unexpected) - set(full_report.unexpected)
     assert extra and all(k.startswith(("last_layer_stage", "att2.", "att3.")) for k in extra), sorted(extra)[:5]
