@@ -15,6 +15,9 @@ import yaml
 
 from gsto_tf.atomic import write_atomically
 
+# tf.distribute strategies by name, made by gsto_tf.training.distribute.make_strategy (`--strategy`, train.strategy).
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+
 
 @dataclasses.dataclass
 class DataConfig:
@@ -50,7 +53,7 @@ class TrainConfig:
     ohem_min_kept: int = 131072
     seed: int = 0
     mixed_precision: Optional[str] = None  # None, "mixed_bfloat16" (CPU) or "mixed_float16" (GPU)
-    strategy: str = "auto"  # auto | default | mirrored
+    strategy: str = "auto"  # one of STRATEGIES
     checkpoint_every: int = 50  # steps between resumable backups (one Keras "epoch" of the progress bar)
     eval_every: int = 0  # evaluate + keep best.keras every N backups (0: only at the end)
 
@@ -220,8 +223,6 @@ def _pair(key, value, positive_ints):
 
 def _range_problems(config):
     """Range rules of the fields whose type is already right: (key, ok, what is expected)."""
-    from gsto_tf.training.distribute import STRATEGIES
-
     t, d, e = config.train, config.data, config.eval
     rules = [
         ("train.global_batch_size", t.global_batch_size >= 1, "an integer >= 1"),
