@@ -175,3 +175,21 @@ def test_no_sys_path_inserts_in_scripts():
                         found += [f"{name}: {line.strip()}" for line in f
                                   if re.search(r"sys\.path\.(insert|append)", line)]
     assert found == []
+
+
+def test_tflite_export_is_quiet(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    import keras
+
+    from gsto_tf.data import ensure_synthetic
+
+    inputs = keras.Input((None, None, 3))
+    keras.Model(inputs, {"logits": keras.layers.Conv2D(8, 1)(inputs)}).save(tmp_path / "pointwise.keras")
+    data = ensure_synthetic(str(tmp_path / "data"), height=16, width=32, train=2, val=2)
+    result = run_cli(["export", "--checkpoint", str(tmp_path / "pointwise.keras"), "--format", "tflite",
+                      "--input-size", "16x32", "--dataset", "synthetic", "--data-dir", data, "--num-images", "1",
+                      "--output", str(tmp_path / "m.tflite")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "argmax agreement = 100.00%" in result.stdout
+    # the TFLite converter's C++ INFO lines and LiteRT's "Created TensorFlow Lite XNNPACK delegate" notice
+    assert not BANNER.search(result.stderr) and "INFO: " not in result.stderr, result.stderr

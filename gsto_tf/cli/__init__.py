@@ -7,13 +7,11 @@ set: TensorFlow reads it once, when it loads.
 
 import argparse
 import os
-import re
 import sys
-import tempfile
 import textwrap
 import traceback
 
-from gsto_tf.cli.common import UsageError
+from gsto_tf.cli.common import UsageError, native_info_hidden
 
 # name -> (module, one-line help). `train` is the default when the first argument is an option.
 SUBCOMMANDS = {
@@ -33,19 +31,13 @@ VERBOSE, DEBUG = "--verbose", "--debug"
 DEBUG_ENV = "GSTO_TF_DEBUG"
 
 
-# C++ INFO lines of the absl log format (``I0000 00:00:...``, older ``2024-01-11 05:40:05.061907: I ...``), absl's
-# note that precedes them, and the continuation line of cpu_feature_guard's notice.
-_START_UP_NOTICE = re.compile(r"I\d{4} |\d{4}-\d\d-\d\d [\d:.]+: I |WARNING: All log messages before absl::Initialize"
-                              r"Log\(\)|To enable the following instructions: ")
-
-
 def import_tensorflow_quietly(verbose=False):
     """Import TensorFlow without its start-up notices (oneDNN, cpu_feature_guard), and keep its later INFO / WARNING
     logs and absl / TensorFlow Python warnings off the terminal; ``verbose`` shows everything.
 
     ``TF_CPP_MIN_LOG_LEVEL`` is read when TensorFlow loads (a level the user exported is kept), but the oneDNN notice
-    is logged before absl's log is initialised, where no level applies: the C++ start-up output of the import goes
-    through a filter that drops its INFO lines and passes everything else on. No effect once TensorFlow is loaded.
+    is logged before absl's log is initialised, where no level applies: the import runs under
+    :func:`native_info_hidden`. No effect once TensorFlow is loaded.
     """
     if "tensorflow" in sys.modules:
         return
@@ -57,18 +49,8 @@ def import_tensorflow_quietly(verbose=False):
     import logging
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    sys.stderr.flush()
-    saved_stderr = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401
-        finally:
-            os.dup2(saved_stderr, 2)
-            os.close(saved_stderr)
-            captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not _START_UP_NOTICE.match(line)))
+    with native_info_hidden():
+        import tensorflow  # noqa: F401
     from absl import logging as absl_logging  # a dependency of TensorFlow
 
     absl_logging.set_verbosity(absl_logging.ERROR)

@@ -1,12 +1,47 @@
-"""What the subcommands share: the error for bad user input and the argument types."""
+"""What the subcommands share: the error for bad user input, the argument types, the C++ log filter."""
 
 import argparse
+import contextlib
+import os
+import re
+import sys
+import tempfile
 
 
 class UsageError(Exception):
     """Bad user input (a wrong value, a missing file, a checkpoint of another model): the command prints the
     message as one line on stderr and exits with status 2; ``--debug`` (or ``GSTO_TF_DEBUG=1``) adds the traceback.
     Raise it ``from`` the original exception so that the traceback shows where the problem was found."""
+
+
+# INFO lines that TensorFlow's and LiteRT's C++ code writes straight to the stderr file: absl's format
+# (``I0000 00:00:...``), the older one (``2024-01-11 05:40:05.061907: I ...``), LiteRT's (``INFO: Created TensorFlow
+# Lite XNNPACK delegate``), absl's note before its log is initialised and the continuation of cpu_feature_guard's.
+_NATIVE_INFO = re.compile(r"I\d{4} |\d{4}-\d\d-\d\d [\d:.]+: I |INFO: |WARNING: All log messages before absl::"
+                          r"InitializeLog\(\)|To enable the following instructions: ")
+
+
+@contextlib.contextmanager
+def native_info_hidden():
+    """Drop the C++ INFO lines written to stderr inside the block (everything else passes, after the block) while
+    ``TF_CPP_MIN_LOG_LEVEL`` hides INFO. Some are logged where that level does not apply: TensorFlow's oneDNN notice
+    before absl's log is initialised, LiteRT's delegate notice by its own logger."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0"):
+        yield
+        return
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not _NATIVE_INFO.match(line)))
+            sys.stderr.flush()
 
 
 def parse_size(text):

@@ -1,6 +1,6 @@
 """`gsto-tf export`: SavedModel (serving signatures) or TFLite (fp32 / fp16 / dynamic / int8) with a parity report."""
 
-from gsto_tf.cli.common import UsageError, parse_size
+from gsto_tf.cli.common import UsageError, native_info_hidden, parse_size
 from gsto_tf.data import DatasetError, build_eval_dataset, get_dataset_spec, resolve_data_dir
 from gsto_tf.export import (
     DEFAULT_MAX_PIXELS,
@@ -77,8 +77,9 @@ def main(args):
                              representative_images=images if args.quantize == "int8" else None)
     except FileExistsError as exc:
         raise UsageError(str(exc)) from exc
-    runner = TFLiteRunner(path)
-    report = parity_report(model, runner, images, args.quantize)
+    with native_info_hidden():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate"
+        runner = TFLiteRunner(path)
+        report = parity_report(model, runner, images, args.quantize)
     shape = "x".join("?" if d is None else str(d) for d in runner.input_shape)
     print(f"wrote {path} (input {shape}, ops: {', '.join(runner.ops())}; interpreter delegate: {runner.delegate})")
     print(report)

@@ -5,7 +5,7 @@ import os
 
 from gsto_tf.cli.common import UsageError
 from gsto_tf.data import DatasetError
-from gsto_tf.training.config import RECIPES, STRATEGIES, make_config
+from gsto_tf.training.config import MIXED_PRECISION_POLICIES, RECIPES, STRATEGIES, make_config
 
 
 def add_arguments(parser):
@@ -23,7 +23,7 @@ def add_arguments(parser):
                         help="override any config value, e.g. --set train.lr=0.01 (repeatable)")
     parser.add_argument("--strategy", choices=STRATEGIES,
                         help="multi_worker reads TF_CONFIG (one process per machine)")
-    parser.add_argument("--mixed-precision", choices=["mixed_bfloat16", "mixed_float16"])
+    parser.add_argument("--mixed-precision", choices=MIXED_PRECISION_POLICIES)
     parser.add_argument("--pretrained", help="official ImageNet HRNet checkpoint (.pth/.npz), backbone keys only")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--ss", action="store_true", help="evaluate single-scale only")
