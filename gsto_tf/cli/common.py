@@ -5,7 +5,7 @@ import contextlib
 import os
 import re
 import sys
-import tempfile
+import threading
 
 
 class UsageError(Exception):
@@ -23,25 +23,34 @@ _NATIVE_INFO = re.compile(r"I\d{4} |\d{4}-\d\d-\d\d [\d:.]+: I |INFO: |WARNING: 
 
 @contextlib.contextmanager
 def native_info_hidden():
-    """Drop the C++ INFO lines written to stderr inside the block (everything else passes, after the block) while
-    ``TF_CPP_MIN_LOG_LEVEL`` hides INFO. Some are logged where that level does not apply: TensorFlow's oneDNN notice
-    before absl's log is initialised, LiteRT's delegate notice by its own logger."""
+    """Drop the C++ INFO lines written to stderr inside the block while ``TF_CPP_MIN_LOG_LEVEL`` hides INFO; the
+    other lines pass as they come (a thread forwards them, so a crash's last words are not held back). Some INFO
+    lines are logged where that level does not apply: TensorFlow's oneDNN notice before absl's log is initialised,
+    LiteRT's delegate notice by its own logger."""
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0"):
         yield
         return
     sys.stderr.flush()
-    saved_stderr = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved_stderr, 2)
-            os.close(saved_stderr)
-            captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not _NATIVE_INFO.match(line)))
-            sys.stderr.flush()
+    terminal = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward():
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not _NATIVE_INFO.match(line.decode(errors="replace")):
+                    os.write(terminal, line)
+
+    forwarder = threading.Thread(target=forward, name="native_info_hidden", daemon=True)
+    forwarder.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)  # closes the pipe's last write end: the forwarder reads to the end and stops
+        forwarder.join()
+        os.close(terminal)
 
 
 def parse_size(text):
