@@ -8,12 +8,9 @@ and writes benchmarks/results/counts.csv.
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gsto_tf.cli.counts import ALL_MODELS, SLIDE_MODELS, count_table, format_table  # noqa: E402
-from gsto_tf.tables import write_csv  # noqa: E402
+from gsto_tf.cli.counts import ALL_MODELS, SLIDE_MODELS, count_table, format_table
+from gsto_tf.tables import write_csv
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

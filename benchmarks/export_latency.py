@@ -21,13 +21,12 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from gsto_tf.cli.counts import parse_size  # noqa: E402
+from gsto_tf.cli.common import parse_size  # noqa: E402
 from gsto_tf.data import build_eval_dataset, ensure_synthetic  # noqa: E402
 from gsto_tf.export import TFLiteRunner, export_saved_model, export_tflite  # noqa: E402
 from gsto_tf.layers import resize_bilinear  # noqa: E402
@@ -83,13 +82,13 @@ def main():
     parser.add_argument("--model", default="gsto_hrnet_w18_small_v2")
     parser.add_argument("--checkpoint", help=".keras checkpoint (default: random weights)")
     parser.add_argument("--num-classes", type=int, default=19)
-    parser.add_argument("--input-size", default="512x1024")
+    parser.add_argument("--input-size", type=parse_size, default="512x1024")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--num-calibration", type=int, default=2, help="int8 representative images")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="TFLite interpreter threads")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "export_latency.csv"))
     args = parser.parse_args()
-    size = parse_size(args.input_size, "--input-size")
+    size = args.input_size
     if args.checkpoint:
         model, _ = load_checkpoint(args.checkpoint, name=args.model, num_classes=args.num_classes)
     else:

@@ -28,9 +28,9 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
-from gsto_tf.tables import print_and_write  # noqa: E402  (no TensorFlow in the parent)
+from gsto_tf.cli.common import parse_size
+from gsto_tf.tables import print_and_write  # no TensorFlow in the parent
 
 VARIANTS = {  # name -> (family, gsto_parts)
     "hrnetv2": ("hrnetv2", None),
@@ -52,7 +52,7 @@ def measure(threads, width, size, repeats):
     if threads == "serial":
         tf.config.threading.set_inter_op_parallelism_threads(1)
     # The same step speed.py times as "backprop", timed the same way (seeded random order per round).
-    from benchmarks.speed import backprop_step, time_interleaved
+    from speed import backprop_step, time_interleaved  # benchmarks/speed.py: this folder is sys.path[0]
     from gsto_tf.models import build, inference_model
     from gsto_tf.models.counting import count_model
 
@@ -79,22 +79,20 @@ def measure(threads, width, size, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", default="w18_small_v2")
-    parser.add_argument("--size", default="512x1024")
+    parser.add_argument("--size", type=parse_size, default="512x1024")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", nargs="+", default=list(THREADS), choices=THREADS)
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "gsto_overhead.csv"))
     parser.add_argument("--child", choices=THREADS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from gsto_tf.cli.counts import parse_size
-
-    size = parse_size(args.size, "--size")
+    size = args.size
     if args.child:
         print("RESULT " + json.dumps(measure(args.child, args.width, size, args.repeats)))
         return 0
     rows = []
     for threads in args.threads:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", threads, "--width", args.width,
-               "--size", args.size, "--repeats", str(args.repeats)]
+               "--size", f"{size[0]}x{size[1]}", "--repeats", str(args.repeats)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         result = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if done.returncode != 0 or not result:

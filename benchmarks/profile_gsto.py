@@ -29,15 +29,14 @@ import re
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
-from benchmarks.speed import step_functions  # noqa: E402
-from gsto_tf.cli.counts import parse_size  # noqa: E402
+from gsto_tf.cli.common import parse_size  # noqa: E402
 from gsto_tf.tables import print_and_write  # noqa: E402
+from speed import step_functions  # noqa: E402  (benchmarks/speed.py: this folder is sys.path[0])
 
 PARTS = ("network", "fusion_gates", "aux_heads", "transition_gates", "loss", "optimizer")
 # First match wins; matched against the full op name ("gradient_tape/<model>/<layer>/.../<op>").
@@ -96,12 +95,12 @@ def profile_step(fn, steps):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--width", default="w18_small_v2")
-    parser.add_argument("--size", default="512x1024", help="input HxW (default 512x1024)")
+    parser.add_argument("--size", type=parse_size, default="512x1024", help="input HxW (default 512x1024)")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps per model and step kind")
     parser.add_argument("--kinds", nargs="+", default=["infer", "train"], choices=["infer", "backprop", "train"])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "profile_gsto.csv"))
     args = parser.parse_args(argv)
-    size = parse_size(args.size)
+    size = args.size
     models = {family: step_functions(f"{family}_{args.width}", size)[0] for family in ("hrnetv2", "gsto_hrnet")}
     rows = []
     for kind in args.kinds:

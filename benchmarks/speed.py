@@ -30,14 +30,13 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from gsto_tf.cli.counts import parse_size  # noqa: E402
+from gsto_tf.cli.common import parse_size  # noqa: E402
 from gsto_tf.export import TFLiteRunner, export_tflite  # noqa: E402
 from gsto_tf.models import build, inference_model  # noqa: E402
 from gsto_tf.models.counting import count_model  # noqa: E402
@@ -167,12 +166,12 @@ def bench(widths, size, repeats, precisions):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--widths", nargs="+", default=["w18_small_v2"])
-    parser.add_argument("--size", default="512x1024")
+    parser.add_argument("--size", type=parse_size, default="512x1024")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "tflite"])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "speed.csv"))
     args = parser.parse_args()
-    size = parse_size(args.size, "--size")
+    size = args.size
     rows = bench(args.widths, size, args.repeats, args.precisions)
     print_and_write(rows, args.out, f"batch 1, {size[0]}x{size[1]}, median of {args.repeats} rounds in random order, "
                     f"{os.cpu_count()} CPU cores (train GFLOP/s counts 3x the forward multiply-adds)")

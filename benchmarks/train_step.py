@@ -20,9 +20,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
-from gsto_tf.tables import format_table, write_csv  # noqa: E402  (no TensorFlow import: the parent stays light)
+from gsto_tf.tables import format_table, write_csv  # no TensorFlow import: the parent stays light
 
 DEFAULT_MODELS = ("gsto_hrnet_w18_small_v2", "hrnetv2_w18_small_v2", "gsto_hrnet_w48", "hrnetv2_w48")
 DEFAULT_CROPS = ("cityscapes", "pascal_context", "lip")

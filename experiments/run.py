@@ -1,12 +1,10 @@
 #!/usr/bin/env python
-"""Run a gsto_tf experiment: `python experiments/run.py [COMMAND] [options]` (see --help)."""
+"""Run a gsto_tf experiment: `python experiments/run.py [COMMAND] [options]` (see --help); the same command line
+as `gsto-tf` (the package is installed by the Quick start: `pip install -r requirements.txt -e .`)."""
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gsto_tf.cli import main  # noqa: E402
+from gsto_tf.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""`run.py data verify|browse|prepare` and the PASCAL-Context .mat conversion, on tiny real-layout datasets."""
+"""`gsto-tf data verify|browse|prepare` and the PASCAL-Context .mat conversion, on tiny real-layout datasets."""
 
 import os
 
@@ -98,8 +98,8 @@ def test_verify_reports_every_bad_file_and_counts(tmp_path, capsys):
 
 def test_verify_missing_folder_shows_layout(tmp_path, capsys):
     assert run(["data", "verify", "--dataset", "lip", "--data-dir", str(tmp_path)]) == 2
-    out = capsys.readouterr().out
-    assert "TrainVal_images/{split}_images" in out and "sysu-hcp.net/lip" in out
+    err = capsys.readouterr().err
+    assert "TrainVal_images/{split}_images" in err and "sysu-hcp.net/lip" in err
 
 
 def test_browse_writes_grid_with_palette_overlay(tmp_path):

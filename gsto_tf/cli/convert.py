@@ -1,12 +1,13 @@
-"""`run.py convert`: official PyTorch checkpoint (.pth / .npz) -> Keras `.keras` (+ `.weights.h5`)."""
+"""`gsto-tf convert`: official PyTorch checkpoint (.pth / .npz) -> Keras `.keras` (+ `.weights.h5`)."""
 
 from gsto_tf.atomic import save_model_atomically
+from gsto_tf.cli.common import UsageError
 from gsto_tf.models.checkpoints import CheckpointError, load_checkpoint
 
 
 def add_arguments(parser):
     parser.add_argument("checkpoint", help="official .pth (read without torch, no code executed) or .npz")
-    parser.add_argument("--model", required=True, help="model name, e.g. gsto_hrnet_w48 (see `run.py counts`)")
+    parser.add_argument("--model", required=True, help="model name, e.g. gsto_hrnet_w48 (see `gsto-tf --help`)")
     parser.add_argument("--num-classes", type=int, default=None, help="default: read from the checkpoint's head")
     parser.add_argument("--output", required=True, help="output .keras path (a .weights.h5 is written beside it)")
     parser.add_argument("--no-strict", action="store_true",
@@ -19,12 +20,12 @@ def add_arguments(parser):
 
 def main(args):
     if not args.output.endswith(".keras"):
-        raise SystemExit(f"--output: expected a path ending in .keras, got {args.output!r}")
+        raise UsageError(f"--output: expected a path ending in .keras, got {args.output!r}")
     try:
         model, report = load_checkpoint(args.checkpoint, name=args.model, num_classes=args.num_classes,
                                         strict=not args.no_strict, backbone_only=args.backbone_only)
     except CheckpointError as exc:
-        raise SystemExit(f"convert failed: {exc}") from None
+        raise UsageError(f"convert failed: {exc}") from exc
     print(report.summary())
     path, weights = save_model_atomically(model, args.output, weights_beside=True)
     print(f"wrote {path} and {weights}")

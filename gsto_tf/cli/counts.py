@@ -1,7 +1,8 @@
-"""`run.py counts`: params and GFLOPs of our models next to the paper's and the official numbers."""
+"""`gsto-tf counts`: params and GFLOPs of our models next to the paper's and the official numbers."""
 
 
 from gsto_tf import tables
+from gsto_tf.cli.common import parse_size
 from gsto_tf.models.counting import OFFICIAL_COUNTS, SLIDE_COUNTS, UNUSED_ATT1_PARAMS, count_named_model
 
 SLIDE_MODELS = ("hrnetv2_w18_small_v2", "gsto_hrnet_w18_small_v2", "hrnetv2_w48", "gsto_hrnet_w48")
@@ -15,18 +16,9 @@ def add_arguments(parser):
     parser.add_argument("--models", nargs="+", default=None, help="model names (default: the slide table's four)")
     parser.add_argument("--all", action="store_true", help="all HRNetV2 / GSTO-HRNet widths")
     parser.add_argument("--num-classes", type=int, default=19)
-    parser.add_argument("--input-size", default="1024x2048", help="HxW (default 1024x2048, the paper's)")
+    parser.add_argument("--input-size", type=parse_size, default="1024x2048",
+                        help="HxW (default 1024x2048, the paper's)")
     parser.add_argument("--csv", default=None, help="also write the table to this CSV file")
-
-
-def parse_size(text, arg="--input-size"):
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-        if h <= 0 or w <= 0:
-            raise ValueError
-    except ValueError:
-        raise SystemExit(f"{arg}: expected HxW with positive integers (e.g. 1024x2048), got {text!r}") from None
-    return h, w
 
 
 def count_table(models, num_classes=19, input_size=(1024, 2048)):
@@ -64,7 +56,7 @@ def format_table(rows):
 
 def main(args):
     models = args.models or (ALL_MODELS if args.all else SLIDE_MODELS)
-    size = parse_size(args.input_size)
+    size = args.input_size
     rows = count_table(models, args.num_classes, size)
     print(f"params / GFLOPs at {size[0]}x{size[1]}, {args.num_classes} classes "
           "(paper convention: conv multiply-adds / 2^30, BN not counted in paper params; "

@@ -1,11 +1,12 @@
-"""`run.py data verify|browse|prepare`: check a dataset on disk, look at augmented samples, convert formats."""
+"""`gsto-tf data verify|browse|prepare`: check a dataset on disk, look at augmented samples, convert formats."""
 
 import math
 
 import numpy as np
 
 from gsto_tf.atomic import save_png
-from gsto_tf.data import DatasetError, available_datasets, get_dataset_spec, resolve_data_dir
+from gsto_tf.cli.common import parse_size
+from gsto_tf.data import available_datasets, get_dataset_spec, resolve_data_dir
 
 
 def add_arguments(parser):
@@ -21,7 +22,7 @@ def add_arguments(parser):
     browse.add_argument("--split", default="train")
     browse.add_argument("--num", type=int, default=8, help="number of samples")
     browse.add_argument("--seed", type=int, default=0)
-    browse.add_argument("--crop-size", help="HxW (default: the dataset's)")
+    browse.add_argument("--crop-size", type=parse_size, help="HxW (default: the dataset's)")
     browse.add_argument("--photometric", action="store_true")
     browse.add_argument("--output", default="data_browse.png")
     prepare = sub.add_parser("prepare", help="convert PASCAL-Context .mat files into the PNG layout (once)")
@@ -74,8 +75,7 @@ def _browse(args):
     from gsto_tf.data import build_train_dataset
 
     spec = get_dataset_spec(args.dataset)
-    crop = tuple(int(v) for v in args.crop_size.lower().split("x")) if args.crop_size else None
-    ds = build_train_dataset(args.dataset, args.data_dir, global_batch_size=1, seed=args.seed, crop_size=crop,
+    ds = build_train_dataset(args.dataset, args.data_dir, global_batch_size=1, seed=args.seed, crop_size=args.crop_size,
                              split=args.split, photometric=args.photometric)
     images, labels = [], []
     for x, y in ds.take(args.num):
@@ -96,8 +96,4 @@ def _prepare(args):
 
 
 def main(args):
-    try:
-        return {"verify": _verify, "browse": _browse, "prepare": _prepare}[args.data_command](args)
-    except DatasetError as exc:
-        print(f"error: {exc}")
-        return 2
+    return {"verify": _verify, "browse": _browse, "prepare": _prepare}[args.data_command](args)

@@ -1,10 +1,11 @@
-"""`run.py eval`: evaluate a checkpoint with the published test setting (and/or single-scale)."""
+"""`gsto-tf eval`: evaluate a checkpoint with the published test setting (and/or single-scale)."""
 
 import os
 
 import numpy as np
 
 from gsto_tf.atomic import save_png
+from gsto_tf.cli.common import UsageError, parse_size
 from gsto_tf.data import DatasetError, build_eval_dataset, get_dataset_spec, resolve_data_dir
 from gsto_tf.evaluation import evaluate, test_setting
 from gsto_tf.models import CheckpointError, inference_model, load_checkpoint
@@ -20,7 +21,7 @@ def add_arguments(parser):
     parser.add_argument("--mode", choices=["whole", "slide"], help="default: the published setting's")
     parser.add_argument("--scales", type=float, nargs="+", help="default: the published setting's")
     parser.add_argument("--flip", action=__import__("argparse").BooleanOptionalAction, default=None)
-    parser.add_argument("--crop-size", help="slide window HxW")
+    parser.add_argument("--crop-size", type=parse_size, help="slide window HxW")
     parser.add_argument("--ss", action="store_true", help="single-scale (one scale, no flip) only")
     parser.add_argument("--both", action="store_true", help="report single-scale and the published setting")
     parser.add_argument("--limit", type=int, help="first N images only")
@@ -38,13 +39,12 @@ def _setting(args, spec_name):
     if args.flip is not None:
         changes["flip"] = args.flip
     if args.crop_size:
-        h, w = (int(v) for v in args.crop_size.lower().split("x"))
-        changes["crop_size"] = (h, w)
+        changes["crop_size"] = args.crop_size
     import dataclasses
 
     setting = dataclasses.replace(base, **changes)
     if setting.mode == "slide" and not setting.crop_size:
-        raise SystemExit("--mode slide needs --crop-size HxW")
+        raise UsageError("--mode slide needs --crop-size HxW")
     return setting
 
 
@@ -65,7 +65,7 @@ def main(args):
             args.checkpoint, name=args.model, num_classes=args.num_classes or spec.num_classes,
             classes_of="--num-classes" if args.num_classes else f"dataset '{spec.name}'")
     except CheckpointError as exc:
-        raise SystemExit(f"eval: {exc}") from None
+        raise UsageError(f"eval: {exc}") from exc
     if report is not None:
         print(report.summary())
     model = inference_model(model)
@@ -85,5 +85,5 @@ def main(args):
             print(metrics.table())
             print(f"saved {json_path}")
     except (DatasetError, CheckpointError) as exc:
-        raise SystemExit(f"eval: {exc}") from None
+        raise UsageError(f"eval: {exc}") from exc
     return 0

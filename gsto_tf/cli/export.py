@@ -1,5 +1,6 @@
-"""`run.py export`: SavedModel (serving signatures) or TFLite (fp32 / fp16 / dynamic / int8) with a parity report."""
+"""`gsto-tf export`: SavedModel (serving signatures) or TFLite (fp32 / fp16 / dynamic / int8) with a parity report."""
 
+from gsto_tf.cli.common import UsageError, native_info_hidden, parse_size
 from gsto_tf.data import DatasetError, build_eval_dataset, get_dataset_spec, resolve_data_dir
 from gsto_tf.export import (
     DEFAULT_MAX_PIXELS,
@@ -18,7 +19,7 @@ def add_arguments(parser):
     parser.add_argument("--model", help="model name, for .weights.h5 and official checkpoints")
     parser.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model")
     parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none", help="TFLite only")
-    parser.add_argument("--input-size", default="512x1024",
+    parser.add_argument("--input-size", type=tflite_size, default="512x1024",
                         help="TFLite input HxW (default 512x1024), or 'dynamic' for any size (resized at run time)")
     parser.add_argument("--output", required=True, help="SavedModel folder or .tflite file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
@@ -29,6 +30,11 @@ def add_arguments(parser):
                         "built-in synthetic set); when given, the checkpoint must predict its classes")
     parser.add_argument("--data-dir")
     parser.add_argument("--num-images", type=int, default=8, help="images for calibration / parity")
+
+
+def tflite_size(text):
+    """``--input-size``: ``"HxW"``, or ``"dynamic"`` (``None``) for a model that takes any size."""
+    return None if text == "dynamic" else parse_size(text)
 
 
 def sample_images(dataset, data_dir, size, count):
@@ -45,36 +51,35 @@ def sample_images(dataset, data_dir, size, count):
 def main(args):
     spec = get_dataset_spec(args.dataset or "synthetic")
     if args.dataset is None and args.checkpoint.endswith(".weights.h5"):
-        raise SystemExit("export: a .weights.h5 checkpoint needs --model and --dataset (which gives its classes)")
+        raise UsageError("export: a .weights.h5 checkpoint needs --model and --dataset (which gives its classes)")
     try:
         model, _ = load_checkpoint(args.checkpoint, name=args.model,
                                    num_classes=spec.num_classes if args.dataset else None,
                                    classes_of=f"dataset '{spec.name}'")
     except CheckpointError as exc:
-        raise SystemExit(f"export: {exc}") from None
+        raise UsageError(f"export: {exc}") from exc
     if args.format == "saved_model":
         try:
             path = export_saved_model(model, args.output, overwrite=args.overwrite, max_pixels=args.max_pixels)
         except (FileExistsError, ValueError) as exc:
-            raise SystemExit(str(exc)) from None
+            raise UsageError(str(exc)) from exc
         cap = f"at most {args.max_pixels} pixels per request" if args.max_pixels else "no pixel cap"
         print(f"wrote SavedModel {path} (signatures: serving_default uint8 images, serving_normalized float32; "
               f"{cap})")
         return 0
-    from gsto_tf.cli.counts import parse_size
-
-    size = None if args.input_size == "dynamic" else parse_size(args.input_size)
+    size = args.input_size
     try:
         images = sample_images(spec.name, args.data_dir, size, args.num_images)
     except DatasetError as exc:
-        raise SystemExit(f"export: {exc}") from None
+        raise UsageError(f"export: {exc}") from exc
     try:
         path = export_tflite(model, args.output, size, args.quantize, overwrite=args.overwrite,
                              representative_images=images if args.quantize == "int8" else None)
     except FileExistsError as exc:
-        raise SystemExit(str(exc)) from None
-    runner = TFLiteRunner(path)
-    report = parity_report(model, runner, images, args.quantize)
+        raise UsageError(str(exc)) from exc
+    with native_info_hidden():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate"
+        runner = TFLiteRunner(path)
+        report = parity_report(model, runner, images, args.quantize)
     shape = "x".join("?" if d is None else str(d) for d in runner.input_shape)
     print(f"wrote {path} (input {shape}, ops: {', '.join(runner.ops())}; interpreter delegate: {runner.delegate})")
     print(report)

@@ -1,5 +1,6 @@
-"""`run.py predict`: label PNGs and colour overlays for an image, a folder or a glob."""
+"""`gsto-tf predict`: label PNGs and colour overlays for an image, a folder or a glob."""
 
+from gsto_tf.cli.common import UsageError
 from gsto_tf.data import get_dataset_spec
 from gsto_tf.evaluation.predict import expand_inputs, predict_files
 from gsto_tf.evaluation.settings import test_setting
@@ -23,12 +24,12 @@ def main(args):
         model, _ = load_checkpoint(args.checkpoint, name=args.model, num_classes=spec.num_classes,
                                    classes_of=f"dataset '{spec.name}'")
     except (FileNotFoundError, CheckpointError) as exc:
-        raise SystemExit(str(exc)) from None
+        raise UsageError(str(exc)) from exc
     setting = test_setting(spec.name) if args.ms else test_setting(spec.name).single_scale()
     try:
         written = predict_files(inference_model(model), paths, args.output, spec.palette, setting=setting,
                                 opacity=args.opacity, flip_pairs=spec.flip_pairs)
     except ValueError as exc:
-        raise SystemExit(str(exc)) from None
+        raise UsageError(str(exc)) from exc
     print(f"wrote {len(written)} files to {args.output}")
     return 0

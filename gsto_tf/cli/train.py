@@ -1,17 +1,17 @@
-"""`run.py [train]`: train with a published recipe (or the synthetic default), then evaluate."""
+"""`gsto-tf [train]`: train with a published recipe (or the synthetic default), then evaluate."""
 
 import datetime
 import os
-import sys
 
+from gsto_tf.cli.common import UsageError
 from gsto_tf.data import DatasetError
-from gsto_tf.training.config import RECIPES, make_config
+from gsto_tf.training.config import MIXED_PRECISION_POLICIES, RECIPES, STRATEGIES, make_config
 
 
 def add_arguments(parser):
     parser.add_argument("--dataset", default="synthetic", choices=sorted(RECIPES),
                         help="dataset and its published recipe (default: the built-in synthetic dataset)")
-    parser.add_argument("--model", help="model name (default: the recipe's; see `run.py counts --all`)")
+    parser.add_argument("--model", help="model name (default: the recipe's; see `gsto-tf --help`)")
     parser.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
     parser.add_argument("--run-dir", help="output folder (default runs/<dataset>-<model>-<time>); rerun the same "
                         "command with the same --run-dir to resume an interrupted run")
@@ -21,9 +21,9 @@ def add_arguments(parser):
     parser.add_argument("--config", help="YAML file with data/model/train/eval sections")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any config value, e.g. --set train.lr=0.01 (repeatable)")
-    parser.add_argument("--strategy", choices=["auto", "default", "mirrored", "multi_worker"],
+    parser.add_argument("--strategy", choices=STRATEGIES,
                         help="multi_worker reads TF_CONFIG (one process per machine)")
-    parser.add_argument("--mixed-precision", choices=["mixed_bfloat16", "mixed_float16"])
+    parser.add_argument("--mixed-precision", choices=MIXED_PRECISION_POLICIES)
     parser.add_argument("--pretrained", help="official ImageNet HRNet checkpoint (.pth/.npz), backbone keys only")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--ss", action="store_true", help="evaluate single-scale only")
@@ -47,12 +47,6 @@ def config_from_args(args):
     return make_config(args.dataset, args.config, overrides, args.set)
 
 
-def _fail(message):
-    """One line on stderr, exit status 2: bad input, not a crash."""
-    print(message, file=sys.stderr)
-    return 2
-
-
 def main(args):
     from gsto_tf.atomic import StorageError
     from gsto_tf.training.run_dir import RunDirError
@@ -61,15 +55,15 @@ def main(args):
     try:
         config = config_from_args(args)
     except ValueError as exc:
-        return _fail(f"config error: {exc}")
+        raise UsageError(f"config error: {exc}") from exc
     run_dir = args.run_dir or os.path.join(
         "runs", f"{config.data.dataset}-{config.model.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     try:
         result = train(config, run_dir, evaluate_at_end=not args.no_eval)
     except DatasetError as exc:
-        return _fail(f"no training data: {exc}")
+        raise UsageError(f"no training data: {exc}") from exc
     except (RunDirError, StorageError) as exc:
-        return _fail(str(exc))
+        raise UsageError(str(exc)) from exc
     if result.stopped_on_nan_at is not None:
         return 3
     print(f"run dir: {result.run_dir} ({result.seconds / 60:.1f} min)")

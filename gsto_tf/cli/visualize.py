@@ -1,9 +1,10 @@
-"""`run.py visualize KIND`: predictions, gates, features, confusion, curves -> PNG."""
+"""`gsto-tf visualize KIND`: predictions, gates, features, confusion, curves -> PNG."""
 
 import json
 
 import numpy as np
 
+from gsto_tf.cli.common import UsageError
 from gsto_tf.data import build_eval_dataset, get_dataset_spec, resolve_data_dir
 from gsto_tf.evaluation import Predictor, SegmentationMetrics, test_setting
 from gsto_tf.models import CheckpointError, gate_model, inference_model, load_checkpoint
@@ -28,12 +29,12 @@ def add_arguments(parser):
 
 def _models(args, spec):
     if not args.checkpoint:
-        raise SystemExit(f"visualize {args.kind}: --checkpoint is required")
+        raise UsageError(f"visualize {args.kind}: --checkpoint is required")
     try:
         models = [load_checkpoint(p, name=args.model, num_classes=spec.num_classes,
                                   classes_of=f"dataset '{spec.name}'")[0] for p in args.checkpoint]
     except CheckpointError as exc:
-        raise SystemExit(f"visualize: {exc}") from None
+        raise UsageError(f"visualize: {exc}") from exc
     # Row labels: the model names, made unique with the checkpoint path when two models share a name.
     names = [m.name for m in models]
     labels = [n if names.count(n) == 1 else f"{n} ({p})" for n, p in zip(names, args.checkpoint)]
@@ -49,11 +50,11 @@ def main(args):
     spec = get_dataset_spec(args.dataset)
     if args.kind == "curves":
         if not args.run_dir:
-            raise SystemExit("visualize curves: --run-dir is required")
+            raise UsageError("visualize curves: --run-dir is required")
         path = visualize.training_curves(args.run_dir, args.output)
     elif args.kind == "confusion":
         if not args.metrics:
-            raise SystemExit("visualize confusion: --metrics path/to/metrics.json is required")
+            raise UsageError("visualize confusion: --metrics path/to/metrics.json is required")
         with open(args.metrics) as f:
             data = json.load(f)
         metrics = SegmentationMetrics.from_confusion(np.asarray(data["confusion_matrix"]),
@@ -72,7 +73,7 @@ def main(args):
         try:
             gates = gate_model(model)(image[None])
         except ValueError as exc:
-            raise SystemExit(f"visualize gates: {exc}") from None
+            raise UsageError(f"visualize gates: {exc}") from exc
         path = visualize.gate_grid({k: np.asarray(v) for k, v in gates.items()}, image, args.output)
     else:  # features
         image, _ = _samples(spec, args, 1)[0]

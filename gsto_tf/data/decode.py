@@ -205,7 +205,7 @@ def dataset_error(exc):
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         detail = lines[-1] if lines else type(exc).__name__
         return DatasetError(f"reading the dataset failed: {detail} (the decoder does not say which file; "
-                            "`run.py data verify` checks every file and names the bad ones)")
+                            "`gsto-tf data verify` checks every file and names the bad ones)")
     return None
 
 

@@ -194,7 +194,7 @@ _DATASETS = {
         layout=_PASCAL_LAYOUT,
         source="VOC2010 images: host.robots.ox.ac.uk/pascal/VOC/voc2010/; labels: PASCAL-Context trainval.tar.gz "
         "(per-image .mat files, https://cs.stanford.edu/~roozbeh/pascal-context/) converted once with "
-        "`run.py data prepare --data-dir D --mat-dir D/trainval`, or an already converted SegmentationClassContext",
+        "`gsto-tf data prepare --data-dir D --mat-dir D/trainval`, or an already converted SegmentationClassContext",
         raw_to_train=((0, IGNORE_LABEL),) + tuple((i, i - 1) for i in range(1, 60)),
         unlisted=_INVALID,
         split_sizes=(("train", 4998), ("val", 5105)),

@@ -1,6 +1,6 @@
 """Checking a dataset on disk file by file: every bad file is reported, nothing is skipped.
 
-Used by ``run.py data verify``. Each file is read with the pipelines' own decoders
+Used by ``gsto-tf data verify``. Each file is read with the pipelines' own decoders
 (:mod:`gsto_tf.data.decode`, run eagerly one file at a time, so one bad file does not stop the scan): the image
 decodes, the label is there, is a single-channel 8-bit (or palette) PNG of the image's size, and holds only values
 that are a class or ignore after the dataset's mapping. A split whose number of samples differs from the published

@@ -15,6 +15,11 @@ import yaml
 
 from gsto_tf.atomic import write_atomically
 
+# tf.distribute strategies by name, made by gsto_tf.training.distribute.make_strategy (`--strategy`, train.strategy).
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+# Keras mixed-precision policies a run may use (`--mixed-precision`, train.mixed_precision; None: float32).
+MIXED_PRECISION_POLICIES = ("mixed_bfloat16", "mixed_float16")
+
 
 @dataclasses.dataclass
 class DataConfig:
@@ -50,7 +55,7 @@ class TrainConfig:
     ohem_min_kept: int = 131072
     seed: int = 0
     mixed_precision: Optional[str] = None  # None, "mixed_bfloat16" (CPU) or "mixed_float16" (GPU)
-    strategy: str = "auto"  # auto | default | mirrored
+    strategy: str = "auto"  # one of STRATEGIES
     checkpoint_every: int = 50  # steps between resumable backups (one Keras "epoch" of the progress bar)
     eval_every: int = 0  # evaluate + keep best.keras every N backups (0: only at the end)
 
@@ -220,8 +225,6 @@ def _pair(key, value, positive_ints):
 
 def _range_problems(config):
     """Range rules of the fields whose type is already right: (key, ok, what is expected)."""
-    from gsto_tf.training.distribute import STRATEGIES
-
     t, d, e = config.train, config.data, config.eval
     rules = [
         ("train.global_batch_size", t.global_batch_size >= 1, "an integer >= 1"),
@@ -234,8 +237,8 @@ def _range_problems(config):
         ("train.ohem_thresh", 0 < t.ohem_thresh <= 1, "a probability in (0, 1]"),
         ("train.ohem_min_kept", t.ohem_min_kept >= 1, "an integer >= 1"),
         ("train.seed", t.seed >= 0, "an integer >= 0"),
-        ("train.mixed_precision", t.mixed_precision in (None, "mixed_bfloat16", "mixed_float16"),
-         "null, mixed_bfloat16 or mixed_float16"),
+        ("train.mixed_precision", t.mixed_precision in (None, *MIXED_PRECISION_POLICIES),
+         f"null, {' or '.join(MIXED_PRECISION_POLICIES)}"),
         ("train.strategy", t.strategy in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
         ("train.checkpoint_every", t.checkpoint_every >= 1, "an integer >= 1"),
         ("train.eval_every", t.eval_every >= 0, "an integer >= 0"),

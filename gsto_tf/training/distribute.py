@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+from gsto_tf.training.config import STRATEGIES
 
 
 def make_strategy(name="auto"):

@@ -1,0 +1,65 @@
+"""What the subcommands share: the error for bad user input, the argument types, the C++ log filter."""
+
+import argparse
+import contextlib
+import os
+import re
+import sys
+import threading
+
+
+class UsageError(Exception):
+    """Bad user input (a wrong value, a missing file, a checkpoint of another model): the command prints the
+    message as one line on stderr and exits with status 2; ``--debug`` (or ``GSTO_TF_DEBUG=1``) adds the traceback.
+    Raise it ``from`` the original exception so that the traceback shows where the problem was found."""
+
+
+# INFO lines that TensorFlow's and LiteRT's C++ code writes straight to the stderr file: absl's format
+# (``I0000 00:00:...``), the older one (``2024-01-11 05:40:05.061907: I ...``), LiteRT's (``INFO: Created TensorFlow
+# Lite XNNPACK delegate``), absl's note before its log is initialised and the continuation of cpu_feature_guard's.
+_NATIVE_INFO = re.compile(r"I\d{4} |\d{4}-\d\d-\d\d [\d:.]+: I |INFO: |WARNING: All log messages before absl::"
+                          r"InitializeLog\(\)|To enable the following instructions: ")
+
+
+@contextlib.contextmanager
+def native_info_hidden():
+    """Drop the C++ INFO lines written to stderr inside the block while ``TF_CPP_MIN_LOG_LEVEL`` hides INFO; the
+    other lines pass as they come (a thread forwards them, so a crash's last words are not held back). Some INFO
+    lines are logged where that level does not apply: TensorFlow's oneDNN notice before absl's log is initialised,
+    LiteRT's delegate notice by its own logger."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0"):
+        yield
+        return
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward():
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not _NATIVE_INFO.match(line.decode(errors="replace")):
+                    os.write(terminal, line)
+
+    forwarder = threading.Thread(target=forward, name="native_info_hidden", daemon=True)
+    forwarder.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)  # closes the pipe's last write end: the forwarder reads to the end and stops
+        forwarder.join()
+        os.close(terminal)
+
+
+def parse_size(text):
+    """``"HxW"`` -> ``(H, W)``, both positive integers. Meant as an argparse ``type=``: argparse then names the
+    argument in the error (``argument --input-size: expected HxW ...``)."""
+    try:
+        height, width = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        height = width = 0
+    if height <= 0 or width <= 0:
+        raise argparse.ArgumentTypeError(f"expected HxW with positive integers (e.g. 1024x2048), got {text!r}")
+    return height, width
