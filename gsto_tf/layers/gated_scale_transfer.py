@@ -1,6 +1,6 @@
 """GatedScaleTransfer: the Gated Scale-Transfer Operation (GSTO) as one Keras layer.
 
-A scale-transfer operation (STO) is a channel transform followed by a change of scale (SPEC §1):
+A scale-transfer operation (STO) is a channel transform followed by a change of scale (paper, eqs. 1-2):
 ``F' = ST(sum_m w_km F_m)``. GSTO first multiplies the input by a spatial gate, ``F^g = g * F``, so the network
 can choose, per location, what is transferred to another scale. The three steps, in order:
 

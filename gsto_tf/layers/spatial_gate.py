@@ -1,13 +1,14 @@
 """Spatial gate of GSTO: a one-channel map in (0, 1) that is multiplied into a feature before a scale transfer.
 
-Two sources (SPEC §1):
+Two sources (paper, eqs. 4-6; docs/reference.md):
 * ``gate="unsupervised"``: computed from the feature itself, ``g = sigmoid(conv1x1_{C->1}(F))``;
 * ``gate="supervised"``: computed from a class-score map ``P`` that is supervised by the ground truth,
   ``g = sigmoid(conv1x1_{K->1}(P))``.
 
 Two styles:
 * ``"paper"``: ``sigmoid(conv1x1 with bias)``, the formula of the paper;
-* ``"official"``: ``sigmoid(ReLU(BN(conv1x1 without bias)))``, what the released GSTO-HRNet code does (SPEC §2).
+* ``"official"``: ``sigmoid(ReLU(BN(conv1x1 without bias)))``, what the released GSTO-HRNet code does
+  (official ``models/gsto_hrnet.py``; docs/reference.md).
   The ReLU before the sigmoid means the gate lives in [0.5, 1): it can only attenuate by up to half. This style is
   the one that loads official checkpoints and reproduces the published numbers.
 

@@ -10,7 +10,7 @@ import keras
 
 from gsto_tf.layers.batch_norm import FusedBatchNormalization
 
-BN_MOMENTUM = 0.99  # PyTorch momentum 0.01 (SPEC §3)
+BN_MOMENTUM = 0.99  # PyTorch momentum 0.01 (official HRNet BN_MOMENTUM)
 BN_EPSILON = 1e-5
 
 
@@ -18,7 +18,7 @@ def conv2d(x, filters, kernel_size, name, strides=1, dilation=1, use_bias=False,
     """Conv2D with PyTorch padding (``padding=dilation*(k//2)`` on every side).
 
     For stride 1 this equals Keras 'same'; for stride 2 it does not on even sizes (Keras pads bottom/right only),
-    so strided convs pad explicitly and run 'valid' (SPEC §3). Odd sizes follow floor((n + 2p - k) / s) + 1.
+    so strided convs pad explicitly and run 'valid' (docs/reference.md). Odd sizes follow floor((n + 2p - k) / s) + 1.
     """
     pad = dilation * (kernel_size // 2)
     if strides > 1 and pad > 0:

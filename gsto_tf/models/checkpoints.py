@@ -25,7 +25,8 @@ import numpy as np
 
 # Keys in released checkpoints that are not part of the network.
 _DROPPED_PREFIXES = ("loss.",)
-# Official GSTO checkpoints hold `att1.*`, which the official forward pass never uses (SPEC §2).
+# Official GSTO checkpoints hold `att1.*`, which the official forward pass never uses
+# (official ``models/gsto_hrnet.py``).
 _UNUSED_BY_DESIGN = ("att1.",)
 # Layers that an ImageNet backbone checkpoint cannot provide: heads and GSTO's gates.
 _HEAD_MARKERS = ("last_layer", "att2.", "att3.", ".att_layers.", "decode_head.", "auxiliary_head.")

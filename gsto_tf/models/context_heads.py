@@ -12,7 +12,7 @@ name part           variant                     what is added to the baseline he
 ``pspnet_gsto``     + GSTO (w/o sup)            an unsupervised gate ``sigmoid(conv1x1(F))`` on every scale
                                                 transfer (placement below)
 ``pspnet_gsto_sup`` + GSTO (w/ sup)             the same gates, computed from ``P`` (``sigmoid(conv1x1(P))``,
-                                                SPEC §1 eqs. 5-6); ``P`` is supervised as in ``_sup``
+                                                paper eqs. 5-6); ``P`` is supervised as in ``_sup``
 ==================  ==========================  =========================================================
 
 (``deeplabv3`` likewise.) Registered names are ``{head}{variant}_{backbone}`` with backbone ``resnet50``,
@@ -20,7 +20,7 @@ name part           variant                     what is added to the baseline he
 ``deeplabv3_gsto_hrnetv2_w18_small_v2``.
 
 GSTO placement (no official code exists for these heads; our choice). A scale transfer is a place where
-information moves between scales, so that is where a gate decides, per location, what moves (SPEC §1):
+information moves between scales, so that is where a gate decides, per location, what moves (paper, section 3):
 
 * PPM bin ``k``: the pooling to a ``k x k`` grid is a down transfer -> the input feature is gated (at its own
   resolution) before the adaptive pooling; the upsampling back is an up transfer -> the ``k x k`` bin feature is

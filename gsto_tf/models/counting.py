@@ -1,4 +1,4 @@
-"""Parameter and FLOP counts with the conventions of the paper / HRNet's summary tool (SPEC §5).
+"""Parameter and FLOP counts with the conventions of the paper / HRNet's summary tool (docs/reference.md).
 
 * ``params``: all trainable weights (= PyTorch ``parameters()``, BN gamma/beta included);
 * ``paper_params``: conv/dense weights and biases only (BN not counted), HRNet's summary-tool convention;
@@ -97,7 +97,7 @@ def _upsample_concat_conv_cost(layer, in_shape, out_shapes):
     """Counted as the official head computes it: resize inputs 1..n to input 0's size, concat, conv1x1.
 
     The layer evaluates the conv per input before resizing (fewer multiply-adds), but the counts describe the
-    model, so they stay comparable with the paper's and the official code's (SPEC §5).
+    model, so they stay comparable with the paper's and the official code's.
     """
     out_shape = out_shapes[0]
     macs, flops = _conv_cost(layer, out_shape)
@@ -241,7 +241,7 @@ def count_named_model(name, num_classes=19, input_size=(1024, 2048), **options):
     return counts
 
 
-# Official numbers (SPEC §5, measured by running the official code; 19 classes, 1024x2048). The GSTO `params`
+# Official numbers (docs/reference.md, measured by running the official code; 19 classes, 1024x2048). The GSTO `params`
 # include the 173 parameters of the unused `att1`, which our models do not build; `paper_params` and GFLOPs come
 # from HRNet's summary tool, which hooks executed layers only, so they never counted `att1`.
 OFFICIAL_COUNTS = {

@@ -1,9 +1,9 @@
-"""HRNetV2 and GSTO-HRNet as functional Keras models (SPEC §2-4).
+"""HRNetV2 and GSTO-HRNet as functional Keras models (official HRNet / GSTO code; docs/reference.md).
 
 The graph is flat: every conv / BN is a top-level layer named after its official checkpoint key, so the generic
 loader in :mod:`gsto_tf.models.checkpoints` loads official HRNet and GSTO-HRNet weights without a mapping table.
 
-GSTO-HRNet = HRNetV2 plus, as in the released code (SPEC §2):
+GSTO-HRNet = HRNetV2 plus, as in the released code (``models/gsto_hrnet.py``):
 
 1. gated fusion: in every HighResolutionModule, for every output branch ``i`` and input branch ``j`` (``i == j``
    included) a gate ``g_ij`` (:class:`~gsto_tf.layers.SpatialGate`, layer ``stage{s}.{m}.att_layers.{i}.{j}``)
