@@ -62,11 +62,13 @@ class GatedScaleTransfer(keras.layers.Layer):
         gate_key, transform_key: checkpoint key prefixes of the gate and of the transform (default
             ``{name}.gate`` / ``{name}.transform``). The transform's conv / BN are ``{transform_key}.0`` / ``.1``;
             step ``k`` of ``"strided_conv"`` is ``{transform_key}.{k}.0`` / ``.1`` (HRNet's ``fuse_layers`` keys).
+        resize_class_scores: bilinearly resize given ``class_scores`` to ``x``'s size (default); ``False`` when the
+            caller passes them at ``x``'s size already (no resize op in the graph).
 
     Call: ``layer(x, reference=None, class_scores=None, return_gate=False, training=None)``.
-    Given ``class_scores`` are bilinearly resized to ``x``'s size, unless the gate downsamples them itself
-    (``gate_downsample > 0``; then they must be ``2**gate_downsample`` times ``x``'s size) or they already have
-    ``x``'s static size. Returns the transferred feature; with a self-predicted supervised gate,
+    Given ``class_scores`` are bilinearly resized to ``x``'s size, unless ``resize_class_scores=False`` or the gate
+    downsamples them itself (``gate_downsample > 0``; then they must be ``2**gate_downsample`` times ``x``'s size)
+    or they already have ``x``'s static size. Returns the transferred feature; with a self-predicted supervised gate,
     ``(output, class_scores)``; with ``return_gate=True`` the gate map ``[N, H, W, 1]`` (at ``x``'s resolution)
     is appended to the result (all ones for ``gate=None``); :meth:`compute_gate` returns the gate alone.
     """
@@ -87,6 +89,7 @@ class GatedScaleTransfer(keras.layers.Layer):
         gate_downsample=0,
         gate_key=None,
         transform_key=None,
+        resize_class_scores=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -137,6 +140,7 @@ class GatedScaleTransfer(keras.layers.Layer):
         self.gate_downsample = int(gate_downsample)
         self.gate_key = gate_key
         self.transform_key = transform_key
+        self.resize_class_scores = bool(resize_class_scores)
 
         policy = self.dtype_policy
         self.gate_layer = None
@@ -149,7 +153,9 @@ class GatedScaleTransfer(keras.layers.Layer):
             self.class_score_layer = keras.layers.Conv2D(self.num_classes, 1, dtype=policy, name="class_scores")
         # Resizes given class scores to x's size; a layer (not a raw op) so compute_gate also works symbolically.
         self.scores_resize = (
-            BilinearResize(dtype=policy, name="scores_resize") if gate == "supervised" and not gate_downsample else None
+            BilinearResize(dtype=policy, name="scores_resize")
+            if gate == "supervised" and not gate_downsample and self.resize_class_scores
+            else None
         )
         # The channel transform: conv k (after ZeroPadding pad k for strided convs), then BN k.
         self._pads, self._convs, self._bns = [], [], []
@@ -314,6 +320,7 @@ class GatedScaleTransfer(keras.layers.Layer):
                 "gate_downsample": self.gate_downsample,
                 "gate_key": self.gate_key,
                 "transform_key": self.transform_key,
+                "resize_class_scores": self.resize_class_scores,
             }
         )
         return config

@@ -17,6 +17,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from gsto_tf.layers.adaptive_pooling import AdaptiveAveragePooling2D
 from gsto_tf.layers.gated_scale_transfer import GatedScaleTransfer
 from gsto_tf.layers.resize import BilinearResize
 from gsto_tf.layers.upsample_concat_conv import UpsampleConcatConv1x1
@@ -96,6 +97,14 @@ def _gate_cost(gate, in_shape):
         macs, flops = macs + m, flops + f + (3 * hw if gate.bns else 0)  # BN (2) + ReLU (1) per element
         shape = out
     return macs, flops + 4 * _spatial(shape)  # sigmoid
+
+
+@register_layer_cost(AdaptiveAveragePooling2D)
+def _adaptive_pool_cost(layer, in_shape, out_shapes):
+    """No multiply-adds (convention of the paper's GFLOPs); FLOPs: one add per input element (overlapping bins
+    ignored) and one divide per output element, as a pooling pass."""
+    out = out_shapes[0]
+    return 0, _numel(in_shape[1:]) + _numel(out[1:])
 
 
 @register_layer_cost(UpsampleConcatConv1x1)

@@ -1,19 +1,18 @@
 """Model registry: ``build("gsto_hrnet_w48", num_classes=19)``.
 
 Model families register builders with :func:`register_model`; the registry is filled on first use by importing
-the family modules (HRNet here, PPM/ASPP heads in :mod:`gsto_tf.models.context_heads`).
+the family modules (HRNet here, PPM/ASPP heads in :mod:`gsto_tf.models.context_models`).
 """
 
 import contextlib
 import importlib
-import importlib.util
 
 import keras
 
 from gsto_tf.models import outputs as out_names
 
 _REGISTRY = {}
-_FAMILY_MODULES = ("gsto_tf.models.hrnet_registry", "gsto_tf.models.context_heads")
+_FAMILY_MODULES = ("gsto_tf.models.hrnet_registry", "gsto_tf.models.context_models")
 _loaded = False
 
 
@@ -34,8 +33,7 @@ def _load_families():
     if _loaded:
         return
     for module in _FAMILY_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
+        importlib.import_module(module)
     _loaded = True
 
 
