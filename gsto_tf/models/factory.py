@@ -81,10 +81,10 @@ def _default_dtype(dtype):
 
 
 def inference_model(model):
-    """A model with the same input and one tensor output: the final logits (for evaluation and export)."""
-    outputs = model.output
-    if isinstance(outputs, dict):
-        outputs = outputs[out_names.FINAL_LOGITS]
-    elif isinstance(outputs, (list, tuple)):
-        outputs = outputs[0]
-    return keras.Model(model.input, outputs, name=f"{model.name}_inference")
+    """A model with the same input and one tensor output: the final logits (for evaluation and export).
+
+    Idempotent: a model whose output already is one tensor is returned as it is.
+    """
+    if not isinstance(model.output, (dict, list, tuple)):
+        return model
+    return keras.Model(model.input, out_names.final_logits(model.output), name=f"{model.name}_inference")
