@@ -272,3 +272,21 @@ def test_counting_walks_the_nested_backbone_and_the_pooling():
     assert counts.paper_params == _params(model) - bn_params
     # the classifier alone: 16 * K multiply-adds at each of the 8 x 8 stride-8 positions
     assert counts.conv_macs > 16 * K * 8 * 8
+
+
+@pytest.mark.parametrize("kernel", [3, 1])
+def test_mmseg_deeplabv3_checkpoint_fixes_the_aspp_bottleneck_kernel(kernel, tmp_path):
+    """An mmseg DeepLabV3 checkpoint (ASPPHead: 3x3 bottleneck) loads strictly without aspp_bottleneck_kernel=3."""
+    from gsto_tf.models import load_checkpoint
+    from gsto_tf.models.checkpoints import torch_state_dict
+    from torch_zip import write_state_dict
+
+    source = _tiny("deeplabv3_resnet50", aspp_bottleneck_kernel=kernel)
+    state = {f"model.{k}": v for k, v in torch_state_dict(source).items()}
+    assert state["model.decode_head.bottleneck.conv.weight"].shape[-1] == kernel
+    path = write_state_dict(tmp_path / "mmseg_deeplabv3.pth", state)
+    model, report = load_checkpoint(path, name="deeplabv3_resnet50", strict=True, **TINY)
+    assert report.ok and model.get_layer("decode_head.bottleneck.conv").kernel.shape[0] == kernel
+    x = _images(h=29, w=31, n=1)
+    np.testing.assert_allclose(model(x, training=False)[FINAL_LOGITS].numpy(),
+                               source(x, training=False)[FINAL_LOGITS].numpy(), atol=1e-5)
