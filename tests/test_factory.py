@@ -64,3 +64,10 @@ def test_inference_model_returns_the_final_logits_only():
     single = infer(x, training=False)
     np.testing.assert_array_equal(single.numpy(), model(x, training=False)["logits"].numpy())
     assert single.shape == (1, 10, 14, 3)
+
+
+def test_inference_model_is_idempotent():
+    from gsto_tf.models import build, inference_model
+
+    infer = inference_model(build("hrnetv2_w18_small_v1", 3))
+    assert inference_model(infer) is infer and infer.output.shape[-1] == 3

@@ -35,7 +35,7 @@ DEFAULT_MAX_PIXELS = 4 * 1024 * 2048
 class SegmentationServingModule(tf.Module):
     def __init__(self, model, max_pixels=DEFAULT_MAX_PIXELS):
         super().__init__(name="gsto_tf_serving")
-        self.model = inference_model(model) if isinstance(model.output, dict) else model
+        self.model = inference_model(model)
         if max_pixels is None or int(max_pixels) < 0:
             raise ValueError(f"max_pixels must be a non-negative int (0 = no cap), got {max_pixels!r}")
         self.max_pixels = tf.Variable(int(max_pixels), dtype=tf.int64, trainable=False, name="max_pixels")

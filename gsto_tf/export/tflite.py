@@ -34,7 +34,7 @@ def convert_to_tflite(model, input_size, quantize="none", representative_images=
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
     h, w = (None, None) if input_size is None else (int(v) for v in input_size)
-    infer = inference_model(model) if isinstance(model.output, dict) else model
+    infer = inference_model(model)
 
     @tf.function(input_signature=[tf.TensorSpec([1, h, w, 3], tf.float32, name="image")])
     def logits(image):
@@ -184,7 +184,7 @@ class ParityReport:
 
 def parity_report(model, runner, images, quantize="none"):
     """Compare the Keras model and a TFLite runner on normalised images [H, W, 3]."""
-    infer = inference_model(model) if isinstance(model.output, dict) else model
+    infer = inference_model(model)
     diffs, refs, agree, total = [], [], 0, 0
     for image in images:
         ref = np.asarray(infer(np.asarray(image, np.float32)[None], training=False), np.float32)

@@ -12,6 +12,7 @@ from gsto_tf.layers.batch_norm import FusedBatchNormalization
 
 BN_MOMENTUM = 0.99  # PyTorch momentum 0.01 (official HRNet BN_MOMENTUM)
 BN_EPSILON = 1e-5
+BOTTLENECK_EXPANSION = 4  # ResNet / HRNet Bottleneck: output width = planes * 4
 
 
 def conv2d(x, filters, kernel_size, name, strides=1, dilation=1, use_bias=False, dtype=None):
@@ -66,7 +67,8 @@ def basic_block(x, filters, name, strides=1, downsample=False, sync=False):
     return relu(y, f"{name}.relu")
 
 
-def bottleneck_block(x, planes, name, strides=1, dilation=1, downsample=False, sync=False, expansion=4):
+def bottleneck_block(x, planes, name, strides=1, dilation=1, downsample=False, sync=False,
+                     expansion=BOTTLENECK_EXPANSION):
     """ResNet Bottleneck: conv1x1-BN-ReLU-conv3x3-BN-ReLU-conv1x1(x expansion)-BN (+ shortcut), ReLU."""
     shortcut = x
     y = conv_bn(x, planes, 1, f"{name}.conv1", f"{name}.bn1", sync=sync)

@@ -1,19 +1,18 @@
 """Model registry: ``build("gsto_hrnet_w48", num_classes=19)``.
 
 Model families register builders with :func:`register_model`; the registry is filled on first use by importing
-the family modules (HRNet here, PPM/ASPP heads in :mod:`gsto_tf.models.context_heads`).
+the family modules (HRNet here, PPM/ASPP heads in :mod:`gsto_tf.models.context_models`).
 """
 
 import contextlib
 import importlib
-import importlib.util
 
 import keras
 
 from gsto_tf.models import outputs as out_names
 
 _REGISTRY = {}
-_FAMILY_MODULES = ("gsto_tf.models.hrnet_registry", "gsto_tf.models.context_heads")
+_FAMILY_MODULES = ("gsto_tf.models.hrnet_registry", "gsto_tf.models.context_models")
 _loaded = False
 
 
@@ -34,8 +33,7 @@ def _load_families():
     if _loaded:
         return
     for module in _FAMILY_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
+        importlib.import_module(module)
     _loaded = True
 
 
@@ -83,10 +81,10 @@ def _default_dtype(dtype):
 
 
 def inference_model(model):
-    """A model with the same input and one tensor output: the final logits (for evaluation and export)."""
-    outputs = model.output
-    if isinstance(outputs, dict):
-        outputs = outputs[out_names.FINAL_LOGITS]
-    elif isinstance(outputs, (list, tuple)):
-        outputs = outputs[0]
-    return keras.Model(model.input, outputs, name=f"{model.name}_inference")
+    """A model with the same input and one tensor output: the final logits (for evaluation and export).
+
+    Idempotent: a model whose output already is one tensor is returned as it is.
+    """
+    if not isinstance(model.output, (dict, list, tuple)):
+        return model
+    return keras.Model(model.input, out_names.final_logits(model.output), name=f"{model.name}_inference")
