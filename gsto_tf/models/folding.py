@@ -38,8 +38,10 @@ _CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 _DEPTHWISE_TYPES = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
 
 
-def fold_batch_norm(model):
+def fold_batch_norm(model, name=None):
     """A new functional model computing ``model``'s inference outputs with BatchNorm folded into the convs.
+
+    ``name``: the new model's name (default ``"<model name>_folded"``).
 
     Raises ValueError for a model without a functional graph (a subclassed model).
     """
@@ -67,7 +69,7 @@ def fold_batch_norm(model):
             tensors[id(x)] = y
     outputs = tree.pack_sequence_as(model._outputs_struct, [tensors[id(x)] for x in model.outputs])
     inputs = tree.pack_sequence_as(model._inputs_struct, model.inputs)
-    return keras.Model(inputs, outputs, name=f"{model.name}_folded")
+    return keras.Model(inputs, outputs, name=name or f"{model.name}_folded")
 
 
 def folded_pairs(model):
