@@ -20,9 +20,9 @@ every output at label resolution, backward, SGD update). ``train`` minus ``backp
 GSTO-HRNet has three supervised outputs (final + two auxiliary), HRNetV2 one, so its loss costs about three times
 as much. ``bf16`` is Keras' ``mixed_bfloat16`` policy (bf16 compute, float32 variables and logits).
 
-``--precisions tflite tflite_fp16`` adds the deployed model: the fixed-size TFLite file (``gsto_tf.export``, fp32
-or fp16 weights) run by the LiteRT interpreter with XNNPACK on all cores (inference only), interleaved with each
-other. The converter folds BatchNorm into the convs, so it shows what the gates cost once the framework's per-op
+``--precisions tflite tflite_fp16 tflite_dynamic`` adds the deployed model: the fixed-size TFLite file
+(``gsto_tf.export``: fp32, fp16 weights, or int8 weights with float activations) run by the LiteRT interpreter with
+XNNPACK on all cores (inference only), interleaved with each other; their ``vs_fp32`` is against the fp32 file. The converter folds BatchNorm into the convs, so it shows what the gates cost once the framework's per-op
 overhead is gone.
 
     python benchmarks/speed.py [--widths w18_small_v2 w48] [--size 512x1024] [--repeats 15] \
@@ -163,7 +163,7 @@ def _variant_rows(times, macs, width, kind, peaks, bf16):
         hrnet, gsto = (("hrnetv2", precision, bn), ("gsto_hrnet", precision, bn))
         per_round = [g / h for g, h in zip(times[gsto], times[hrnet])]
         q1, _, q3 = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else per_round * 3
-        fp32 = med.get((family, "fp32", bn))
+        fp32 = med.get((family, "tflite" if precision.startswith("tflite") else "fp32", bn))
         unfolded = med.get((family, precision, "unfolded")) if bn == "folded" else None
         rows.append({
             "width": width, "precision": precision, "step": kind, "bn": bn, "model": family,
@@ -211,7 +211,7 @@ def bench(widths, size, repeats, precisions, steps=("infer", "backprop", "train"
             with tempfile.TemporaryDirectory() as workdir:
                 for family in FAMILIES:
                     for precision in tflite_precisions:
-                        quantize = "fp16" if precision == "tflite_fp16" else "none"
+                        quantize = precision.split("_")[1] if "_" in precision else "none"
                         step, tflite_macs[family, precision, "folded"] = tflite_step(
                             f"{family}_{width}", size, workdir, quantize=quantize)
                         variants[family, precision, "folded"] = step["infer"]
@@ -227,7 +227,7 @@ def main():
     parser.add_argument("--size", type=parse_size, default="512x1024")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
-                        choices=["fp32", "bf16", "tflite", "tflite_fp16"])
+                        choices=["fp32", "bf16", "tflite", "tflite_fp16", "tflite_dynamic"])
     parser.add_argument("--steps", nargs="+", default=["infer", "backprop", "train"],
                         choices=["infer", "backprop", "train"])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "speed.csv"))
