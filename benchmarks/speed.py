@@ -7,7 +7,7 @@ processes and cache effects of the previous run hit all alike. The table reports
 of the medians GSTO / HRNetV2 and the quartiles of the per-round ratios (``ratio_q1`` / ``ratio_q3``: differences
 smaller than their spread are not resolved), ``vs_fp32`` (the fp32 median of the same model, step and BN over
 this one: the speed-up of the precision), ``vs_unfolded`` (the unfolded median over this one: the speed-up of BN
-folding), plus achieved GFLOP/s (2 x conv multiply-adds per second) next to fp32 and bf16 matmul peaks measured
+folding), each with the quartiles of its per-round ratios (``_q1`` / ``_q3``), plus achieved GFLOP/s (2 x conv multiply-adds per second) next to fp32 and bf16 matmul peaks measured
 in the same run, and ``cpu_bf16`` (the bf16 instructions /proc/cpuinfo reports: ``amx_bf16``, ``avx512_bf16`` or
 ``none``). ``macs_ratio`` is GSTO / HRNetV2 in conv multiply-adds as executed here (``ModelCounts.executed_macs``:
 the heads' per-branch 1x1 conv runs fewer than the official count): the time ratio that free memory traffic and
@@ -155,27 +155,41 @@ def _run(fn):
     return out.numpy() if hasattr(out, "numpy") else out
 
 
+def _quartiles(numerators, denominators):
+    """(q1, q3) of the per-round ratios ``numerators[i] / denominators[i]``."""
+    per_round = [a / b for a, b in zip(numerators, denominators)]
+    q1, _, q3 = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else per_round * 3
+    return round(q1, 3), round(q3, 3)
+
+
 def _variant_rows(times, macs, width, kind, peaks, bf16):
     """Table rows of one interleaved group: ``times`` / ``macs`` keyed by (family, precision, bn)."""
     med = {key: statistics.median(v) for key, v in times.items()}
     rows = []
     for (family, precision, bn), median in med.items():
+        key = (family, precision, bn)
         hrnet, gsto = (("hrnetv2", precision, bn), ("gsto_hrnet", precision, bn))
-        per_round = [g / h for g, h in zip(times[gsto], times[hrnet])]
-        q1, _, q3 = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else per_round * 3
-        fp32 = med.get((family, "tflite" if precision.startswith("tflite") else "fp32", bn))
-        unfolded = med.get((family, precision, "unfolded")) if bn == "folded" else None
-        rows.append({
+        q1, q3 = _quartiles(times[gsto], times[hrnet])
+        fp32 = (family, "tflite" if precision.startswith("tflite") else "fp32", bn)
+        unfolded = (family, precision, "unfolded") if bn == "folded" else None
+        row = {
             "width": width, "precision": precision, "step": kind, "bn": bn, "model": family,
             "median_s": round(median, 4),
-            "gsto_over_hrnet": round(med[gsto] / med[hrnet], 3), "ratio_q1": round(q1, 3), "ratio_q3": round(q3, 3),
-            "vs_fp32": round(fp32 / median, 3) if fp32 else "",
-            "vs_unfolded": round(unfolded / median, 3) if unfolded else "",
+            "gsto_over_hrnet": round(med[gsto] / med[hrnet], 3), "ratio_q1": q1, "ratio_q3": q3,
+            "vs_fp32": "", "vs_fp32_q1": "", "vs_fp32_q3": "",
+            "vs_unfolded": "", "vs_unfolded_q1": "", "vs_unfolded_q3": "",
+        }
+        for name, reference in (("vs_fp32", fp32), ("vs_unfolded", unfolded)):
+            if reference in times:  # speed-up: reference time over this one, per round
+                row[name] = round(med[reference] / median, 3)
+                row[f"{name}_q1"], row[f"{name}_q3"] = _quartiles(times[reference], times[key])
+        row.update({
             "macs_ratio": round(macs[gsto] / macs[hrnet], 3),
-            "achieved_GFLOPs": round(2 * macs[family, precision, bn] * (1 if kind == "infer" else 3) / median / 1e9, 1),
+            "achieved_GFLOPs": round(2 * macs[key] * (1 if kind == "infer" else 3) / median / 1e9, 1),
             "matmul_peak_GFLOPs": round(peaks["fp32"], 1), "matmul_peak_bf16_GFLOPs": round(peaks["bf16"], 1),
             "cpu_bf16": bf16,
         })
+        rows.append(row)
     return rows
 
 

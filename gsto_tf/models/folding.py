@@ -206,13 +206,17 @@ def _copy_call(operation, args, kwargs):
     return outputs
 
 
-def _set_folded_weights(folded, conv, bn):
-    kernel = conv.kernel.numpy()
-    bias = conv.bias.numpy() if conv.use_bias else None
-    gamma = bn.gamma.numpy() if bn.scale else None
-    beta = bn.beta.numpy() if bn.center else None
-    new_kernel, new_bias = fold_conv_bn_weights(
-        kernel, bias, gamma, beta, bn.moving_mean.numpy(), bn.moving_variance.numpy(), bn.epsilon,
+def folded_conv_weights(conv, bn):
+    """``(kernel', bias')`` (numpy) of the conv equal to ``bn(conv(x))`` at inference, for built layers ``conv``
+    and ``bn``: what a composite layer's ``fold_batch_norm()`` sets on its folded conv."""
+    return fold_conv_bn_weights(
+        conv.kernel.numpy(), conv.bias.numpy() if conv.use_bias else None,
+        bn.gamma.numpy() if bn.scale else None, bn.beta.numpy() if bn.center else None,
+        bn.moving_mean.numpy(), bn.moving_variance.numpy(), bn.epsilon,
         depthwise=isinstance(conv, _DEPTHWISE_TYPES))
+
+
+def _set_folded_weights(folded, conv, bn):
+    new_kernel, new_bias = folded_conv_weights(conv, bn)
     weights = {id(folded.kernel): new_kernel, id(folded.bias): new_bias}
     folded.set_weights([weights.get(id(v), v.numpy()) for v in folded.weights])
