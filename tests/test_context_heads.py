@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from gsto_tf.models import available_models, build, gate_layer_names, inference_model, load_torch_weights
-from gsto_tf.models.context_heads import build_context_model, load_backbone_weights
+from gsto_tf.models.context_models import build_context_model
 from gsto_tf.models.outputs import AUX_CLASS_MAP, AUX_FCN, AUX_LOSS_WEIGHTS, AUX_STAGE2, AUX_STAGE3, FINAL_LOGITS
 from helpers import run_model_test
 from test_resnet import random_state_dict, torch_resnet_keys
@@ -68,9 +68,9 @@ def test_gate_placement():
     assert sorted(names) == sorted(["decode_head.image_pool.gate", "decode_head.image_pool.up_gate"]
                                    + [f"decode_head.aspp_modules.{k}.gate" for k in (1, 2, 3)])
     # supervised gates read the K-channel class-score map, unsupervised ones the feature
-    assert all(aspp.get_layer(n).conv.kernel.shape[2] == K for n in names)
-    assert psp.get_layer("decode_head.psp_modules.0.gate").conv.kernel.shape[2] == 256
-    assert psp.get_layer("decode_head.psp_modules.3.up_gate").conv.kernel.shape[2] == 16
+    assert all(aspp.get_layer(n).gate_layer.conv.kernel.shape[2] == K for n in names)
+    assert psp.get_layer("decode_head.psp_modules.0.gate").gate_layer.conv.kernel.shape[2] == 256
+    assert psp.get_layer("decode_head.psp_modules.3.up_gate").gate_layer.conv.kernel.shape[2] == 16
     assert not gate_layer_names(_tiny("pspnet_sup_resnet50"))
 
 
@@ -127,7 +127,7 @@ def test_gsto_with_open_gates_equals_baseline():
                 if layer.weights:
                     model.get_layer(layer.name).set_weights(layer.get_weights())
             for name in gate_layer_names(model):
-                conv = model.get_layer(name).conv
+                conv = model.get_layer(name).gate_layer.conv
                 conv.kernel.assign(tf.zeros_like(conv.kernel))
                 conv.bias.assign(tf.fill(conv.bias.shape, 30.0))  # sigmoid(30) == 1 in float32
             x = _images(seed=3)
@@ -135,7 +135,7 @@ def test_gsto_with_open_gates_equals_baseline():
             for key in a:
                 np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), rtol=1e-5, atol=1e-5)
             # and a closed gate changes the result
-            conv = model.get_layer(gate_layer_names(model)[0]).conv
+            conv = model.get_layer(gate_layer_names(model)[0]).gate_layer.conv
             conv.bias.assign(tf.fill(conv.bias.shape, -30.0))
             assert not np.allclose(model(x, training=False)[FINAL_LOGITS].numpy(), a[FINAL_LOGITS].numpy())
 
@@ -175,13 +175,13 @@ def test_heads_on_hrnet_backbones():
         assert tuple(value.shape) == (1, 10, 12, K) and value.dtype == tf.float32  # ceil(ceil(37/2)/2) = 10
     # GSTO-HRNet's own fusion gates keep the official style (checkpoint compatible); the head's gates are "paper"
     backbone = model.get_layer("backbone")
-    assert backbone.get_layer("stage2.0.att_layers.0.1").style == "official"
-    assert model.get_layer("decode_head.psp_modules.0.gate").style == "paper"
+    assert backbone.get_layer("stage2.0.att_layers.0.1").gate_style == "official"
+    assert model.get_layer("decode_head.psp_modules.0.gate").gate_style == "paper"
     model = build("deeplabv3_gsto_hrnetv2_w18_small_v1", K, head_channels=8)
     assert set(model(x, training=False)) == {FINAL_LOGITS}
     # stride-4 head: rates 12/24/36 scaled by 8/4
     assert model.get_layer("decode_head.aspp_modules.3.conv").dilation_rate == (72, 72)
-    assert model.get_layer("decode_head.aspp_modules.1.gate").conv.kernel.shape[2] == 16 + 32 + 64 + 128
+    assert model.get_layer("decode_head.aspp_modules.1.gate").gate_layer.conv.kernel.shape[2] == 16 + 32 + 64 + 128
 
 
 def mmseg_pspnet_keys(blocks, base, c, a, k):
@@ -225,7 +225,7 @@ def test_mmseg_pspnet_checkpoint_layout_loads_strict_and_into_gsto_variant():
 def test_imagenet_trunk_checkpoint_loads_into_backbone():
     state = random_state_dict(torch_resnet_keys(TINY["blocks"], "deep", 8))
     model = _tiny("deeplabv3_gsto_resnet50")
-    report = load_backbone_weights(model, state)
+    report = load_torch_weights(model, state, backbone_only=True, strict=True)
     assert report.ok and sorted(report.ignored) == ["fc.bias", "fc.weight"]
     np.testing.assert_array_equal(model.get_layer("backbone").get_layer("layer4.0.conv3").kernel.numpy(),
                                   state["layer4.0.conv3.weight"].transpose(2, 3, 1, 0))
@@ -272,3 +272,21 @@ def test_counting_walks_the_nested_backbone_and_the_pooling():
     assert counts.paper_params == _params(model) - bn_params
     # the classifier alone: 16 * K multiply-adds at each of the 8 x 8 stride-8 positions
     assert counts.conv_macs > 16 * K * 8 * 8
+
+
+@pytest.mark.parametrize("kernel", [3, 1])
+def test_mmseg_deeplabv3_checkpoint_fixes_the_aspp_bottleneck_kernel(kernel, tmp_path):
+    """An mmseg DeepLabV3 checkpoint (ASPPHead: 3x3 bottleneck) loads strictly without aspp_bottleneck_kernel=3."""
+    from gsto_tf.models import load_checkpoint
+    from gsto_tf.models.checkpoints import torch_state_dict
+    from torch_zip import write_state_dict
+
+    source = _tiny("deeplabv3_resnet50", aspp_bottleneck_kernel=kernel)
+    state = {f"model.{k}": v for k, v in torch_state_dict(source).items()}
+    assert state["model.decode_head.bottleneck.conv.weight"].shape[-1] == kernel
+    path = write_state_dict(tmp_path / "mmseg_deeplabv3.pth", state)
+    model, report = load_checkpoint(path, name="deeplabv3_resnet50", strict=True, **TINY)
+    assert report.ok and model.get_layer("decode_head.bottleneck.conv").kernel.shape[0] == kernel
+    x = _images(h=29, w=31, n=1)
+    np.testing.assert_allclose(model(x, training=False)[FINAL_LOGITS].numpy(),
+                               source(x, training=False)[FINAL_LOGITS].numpy(), atol=1e-5)

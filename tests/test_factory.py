@@ -66,3 +66,10 @@ def test_inference_model_returns_the_final_logits_only():
     assert single.shape == (1, 10, 14, 3)
     folded = inference_model(model)(x, training=False)  # default: BatchNorm folded, same function up to rounding
     np.testing.assert_allclose(folded.numpy(), logits, rtol=1e-4, atol=1e-5 * np.abs(logits).max())
+
+
+def test_inference_model_is_idempotent():
+    from gsto_tf.models import build, inference_model
+
+    infer = inference_model(build("hrnetv2_w18_small_v1", 3), fold_batch_norm=False)
+    assert inference_model(infer, fold_batch_norm=False) is infer and infer.output.shape[-1] == 3

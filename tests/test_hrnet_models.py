@@ -39,6 +39,13 @@ def test_aux_flag_and_inference_model():
 def test_gradients_reach_every_trainable_weight():
     model = build("gsto_hrnet_w18_small_v1", 3)
     x = _x(64, 64, n=2)  # big enough that the 1/16 class-map gate sees more than a few BN samples
+    # With every BN beta at its initial 0, a BN -> ReLU -> conv -> training-mode BN chain is invariant to the first
+    # gamma (ReLU is positively homogeneous, the second BN removes the scale), so its gradient is ~0 by algebra.
+    # Trained models have non-zero betas; give them some so that the test checks connectivity, not that symmetry.
+    rng = np.random.default_rng(0)
+    for w in model.weights:
+        if w.path.endswith("beta"):
+            w.assign(rng.normal(0.0, 0.5, w.shape).astype("float32"))
     with tf.GradientTape() as tape:
         out = model(x, training=True)
         loss = sum(tf.reduce_mean(tf.square(v)) for v in out.values())

@@ -27,7 +27,7 @@ from gsto_tf.models import gate_model, inference_model, load_checkpoint  # noqa:
 # (gate layer, panel title): a stride-4 -> stride-16 fusion gate, a same-scale one, and a class-map transition gate.
 GATES = (("stage3.0.att_layers.2.0", "fusion gate\nstride 4 -> 16"),
          ("stage4.0.att_layers.0.0", "fusion gate\nstride 4 -> 4"),
-         ("att2.2.sigmoid", "transition gate\n(from class map)"))
+         ("att2.2", "transition gate\n(from class map)"))
 
 
 def main(argv=None):

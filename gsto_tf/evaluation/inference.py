@@ -30,12 +30,7 @@ def _as_logits_fn(model):
 
     @tf.function(reduce_retracing=True)
     def fn(image):
-        out = model(image, training=False)
-        if isinstance(out, dict):
-            out = out[out_names.FINAL_LOGITS]
-        elif isinstance(out, (list, tuple)):
-            out = out[0]
-        return tf.cast(out, tf.float32)
+        return tf.cast(out_names.final_logits(model(image, training=False)), tf.float32)
 
     return fn
 

@@ -79,67 +79,25 @@ def spatial_size(x):
 
 @keras.saving.register_keras_serializable(package="gsto_tf")
 class BilinearResize(keras.layers.Layer):
-    """Bilinear resize (align_corners=False) of an NHWC tensor.
-
-    Call as ``layer(x)`` with a fixed ``size=(H, W)`` or ``scale`` factor given at construction, or as
-    ``layer([x, reference])`` to resize ``x`` to the (dynamic) spatial size of ``reference``. A scale factor
-    gives ``floor(H * scale)`` like PyTorch's ``F.interpolate(scale_factor=...)``.
-    """
-
-    def __init__(self, size=None, scale=None, **kwargs):
-        super().__init__(**kwargs)
-        if size is not None and scale is not None:
-            raise ValueError("BilinearResize: pass at most one of `size` and `scale`, got both.")
-        if size is not None:
-            size = tuple(int(s) for s in size)
-            if len(size) != 2 or min(size) <= 0:
-                raise ValueError(f"BilinearResize: `size` must be two positive ints (H, W), got {size}.")
-        if scale is not None and float(scale) <= 0:
-            raise ValueError(f"BilinearResize: `scale` must be > 0, got {scale}.")
-        self.size = size
-        self.scale = None if scale is None else float(scale)
-
-    def _target(self, inputs):
-        if isinstance(inputs, (list, tuple)):
-            if len(inputs) != 2:
-                raise ValueError(
-                    "BilinearResize: call with a tensor or with [tensor, reference]; "
-                    f"got a list of {len(inputs)} tensors."
-                )
-            if self.size is not None or self.scale is not None:
-                raise ValueError("BilinearResize: a reference tensor was given but `size`/`scale` is also set.")
-            x, ref = inputs
-            return x, spatial_size(ref)
-        x = inputs
-        if self.size is not None:
-            return x, tf.constant(self.size, tf.int32)
-        if self.scale is not None:
-            hw = tf.cast(spatial_size(x), tf.float32) * self.scale
-            return x, tf.cast(tf.floor(hw), tf.int32)
-        raise ValueError(
-            f"BilinearResize '{self.name}': no target; pass `size` or `scale`, or call with [x, reference]."
-        )
+    """Bilinear resize (align_corners=False) of an NHWC tensor to the (dynamic) spatial size of a reference:
+    ``layer([x, reference])``. (Fixed sizes and scale factors: :func:`resize_bilinear`.)"""
 
     def call(self, inputs):
-        x, target = self._target(inputs)
-        return resize_bilinear(x, target)
+        if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
+            raise ValueError(f"BilinearResize '{self.name}': call it with [x, reference], got {type(inputs).__name__}"
+                             + (f" of {len(inputs)} tensors" if isinstance(inputs, (list, tuple)) else "") + ".")
+        x, ref = inputs
+        return resize_bilinear(x, spatial_size(ref))
 
     def compute_output_shape(self, input_shape):
-        if isinstance(input_shape, (list, tuple)) and len(input_shape) == 2 and isinstance(
-            input_shape[0], (list, tuple)
-        ):
-            x_shape, ref_shape = input_shape
-            return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
-        if self.size is not None:
-            return (input_shape[0], self.size[0], self.size[1], input_shape[3])
-        if self.scale is not None:
-            h, w = input_shape[1], input_shape[2]
-            h = None if h is None else int(h * self.scale)
-            w = None if w is None else int(w * self.scale)
-            return (input_shape[0], h, w, input_shape[3])
-        return tuple(input_shape)
+        x_shape, ref_shape = input_shape
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
 
-    def get_config(self):
-        config = super().get_config()
-        config.update({"size": self.size, "scale": self.scale})
-        return config
+    @classmethod
+    def from_config(cls, config):
+        # Models saved before the fixed-size / scale modes were removed store size=None, scale=None.
+        config = dict(config)
+        for key in ("size", "scale"):
+            if config.pop(key, None) is not None:
+                raise ValueError(f"BilinearResize: the `{key}` mode no longer exists; use resize_bilinear.")
+        return cls(**config)

@@ -7,7 +7,7 @@ from gsto_tf.models.checkpoints import (
     load_torch_weights,
     read_state_dict,
 )
-from gsto_tf.models.context_heads import build_context_model, load_backbone_weights
+from gsto_tf.models.context_models import build_context_model
 from gsto_tf.models.factory import available_models, build, inference_model, register_model
 from gsto_tf.models.gates import gate_layer_names, gate_model
 from gsto_tf.models.hrnet import build_hrnet, build_hrnet_backbone, hrnet_features
@@ -29,7 +29,6 @@ __all__ = [
     "gate_model",
     "hrnet_features",
     "inference_model",
-    "load_backbone_weights",
     "load_checkpoint",
     "load_torch_weights",
     "read_state_dict",

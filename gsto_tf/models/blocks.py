@@ -10,15 +10,16 @@ import keras
 
 from gsto_tf.layers.batch_norm import FusedBatchNormalization
 
-BN_MOMENTUM = 0.99  # PyTorch momentum 0.01 (SPEC §3)
+BN_MOMENTUM = 0.99  # PyTorch momentum 0.01 (official HRNet BN_MOMENTUM)
 BN_EPSILON = 1e-5
+BOTTLENECK_EXPANSION = 4  # ResNet / HRNet Bottleneck: output width = planes * 4
 
 
 def conv2d(x, filters, kernel_size, name, strides=1, dilation=1, use_bias=False, dtype=None):
     """Conv2D with PyTorch padding (``padding=dilation*(k//2)`` on every side).
 
     For stride 1 this equals Keras 'same'; for stride 2 it does not on even sizes (Keras pads bottom/right only),
-    so strided convs pad explicitly and run 'valid' (SPEC §3). Odd sizes follow floor((n + 2p - k) / s) + 1.
+    so strided convs pad explicitly and run 'valid' (docs/reference.md). Odd sizes follow floor((n + 2p - k) / s) + 1.
     """
     pad = dilation * (kernel_size // 2)
     if strides > 1 and pad > 0:
@@ -66,7 +67,8 @@ def basic_block(x, filters, name, strides=1, downsample=False, sync=False):
     return relu(y, f"{name}.relu")
 
 
-def bottleneck_block(x, planes, name, strides=1, dilation=1, downsample=False, sync=False, expansion=4):
+def bottleneck_block(x, planes, name, strides=1, dilation=1, downsample=False, sync=False,
+                     expansion=BOTTLENECK_EXPANSION):
     """ResNet Bottleneck: conv1x1-BN-ReLU-conv3x3-BN-ReLU-conv1x1(x expansion)-BN (+ shortcut), ReLU."""
     shortcut = x
     y = conv_bn(x, planes, 1, f"{name}.conv1", f"{name}.bn1", sync=sync)

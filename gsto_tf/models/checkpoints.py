@@ -25,7 +25,8 @@ import numpy as np
 
 # Keys in released checkpoints that are not part of the network.
 _DROPPED_PREFIXES = ("loss.",)
-# Official GSTO checkpoints hold `att1.*`, which the official forward pass never uses (SPEC §2).
+# Official GSTO checkpoints hold `att1.*`, which the official forward pass never uses
+# (official ``models/gsto_hrnet.py``).
 _UNUSED_BY_DESIGN = ("att1.",)
 # Layers that an ImageNet backbone checkpoint cannot provide: heads and GSTO's gates.
 _HEAD_MARKERS = ("last_layer", "att2.", "att3.", ".att_layers.", "decode_head.", "auxiliary_head.")
@@ -337,13 +338,30 @@ class LoadReport:
 
 
 def _weight_layers(layer, prefix=""):
-    """Yield (torch module path, leaf layer) for every weight-bearing leaf layer."""
-    children = layer.layers if isinstance(layer, keras.Model) else getattr(layer, "_layers", [])
+    """Yield (torch module path, leaf layer) for every weight-bearing leaf layer.
+
+    A layer's path is its parent's path plus its name; a composite layer with a ``checkpoint_sublayers()`` method
+    (e.g. :class:`~gsto_tf.layers.GatedScaleTransfer`) names its sublayers' paths itself (relative to its parent).
+    """
     path = f"{prefix}.{layer.name}" if prefix else layer.name
     if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense, keras.layers.BatchNormalization)):
         yield path, layer
         return
+    if hasattr(layer, "checkpoint_sublayers"):
+        for key, sublayer in layer.checkpoint_sublayers().items():
+            yield from _weight_layers_at(sublayer, f"{prefix}.{key}" if prefix else key)
+        return
+    children = layer.layers if isinstance(layer, keras.Model) else getattr(layer, "_layers", [])
     for child in children:
+        yield from _weight_layers(child, path)
+
+
+def _weight_layers_at(layer, path):
+    """(torch module path, leaf) pairs of ``layer`` placed at ``path`` (its own name not appended)."""
+    if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense, keras.layers.BatchNormalization)):
+        yield path, layer
+        return
+    for child in getattr(layer, "_layers", []):
         yield from _weight_layers(child, path)
 
 
@@ -473,6 +491,19 @@ def _infer_num_classes(state):
     return None
 
 
+def build_options_from_state(name, state):
+    """Build options that a checkpoint fixes for model ``name``.
+
+    mmseg's ASPPHead ends in a 3x3 bottleneck ConvModule where DeepLabV3 has a 1x1 one: for ``deeplabv3*``
+    models the kernel is read from ``decode_head.bottleneck.conv.weight`` ([O, I, kh, kw]).
+    """
+    options = {}
+    weight = state.get("decode_head.bottleneck.conv.weight")
+    if name.startswith("deeplabv3") and weight is not None and np.ndim(weight) == 4:
+        options["aspp_bottleneck_kernel"] = int(np.shape(weight)[-1])
+    return options
+
+
 def model_num_classes(model):
     """The number of classes of a model's final logits, or None for a model without a symbolic output."""
     from gsto_tf.models.factory import inference_model
@@ -510,7 +541,8 @@ def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, 
     * ``.keras``: a full saved model (``model`` / ``name`` not needed);
     * ``.weights.h5``: Keras weights into ``model`` or into ``build(name, num_classes, **build_options)``;
     * ``.pth`` / ``.npz``: an official PyTorch state dict, converted on the fly into ``model`` or
-      ``build(name, num_classes)`` (``num_classes`` is read from the head when not given). With
+      ``build(name, num_classes)`` (``num_classes`` is read from the head when not given, and so is what
+      :func:`build_options_from_state` finds, e.g. the 3x3 ASPP bottleneck of an mmseg DeepLabV3). With
       ``backbone_only=True`` the file is an ImageNet backbone checkpoint: its classifier keys are ignored and the
       head / gate weights stay initialised (listed in the report, not errors even when ``strict``).
     """
@@ -550,7 +582,7 @@ def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, 
             num_classes = num_classes or in_file
             if num_classes is None:
                 raise CheckpointError(f"{path}: cannot infer the number of classes; pass `num_classes`.")
-            model = build(name, num_classes, **build_options)
+            model = build(name, num_classes, **{**build_options_from_state(name, state), **build_options})
         report = load_torch_weights(model, state, strict=strict, backbone_only=backbone_only, source=path)
         return model, report
     raise CheckpointError(f"{path}: unknown checkpoint format; expected .keras, .weights.h5, .pth or .npz.")

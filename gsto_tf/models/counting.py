@@ -1,4 +1,4 @@
-"""Parameter and FLOP counts with the conventions of the paper / HRNet's summary tool (SPEC §5).
+"""Parameter and FLOP counts with the conventions of the paper / HRNet's summary tool (docs/reference.md).
 
 * ``params``: all trainable weights (= PyTorch ``parameters()``, BN gamma/beta included);
 * ``paper_params``: conv/dense weights and biases only (BN not counted), HRNet's summary-tool convention;
@@ -17,9 +17,9 @@ import dataclasses
 import keras
 import numpy as np
 
+from gsto_tf.layers.adaptive_pooling import AdaptiveAveragePooling2D
 from gsto_tf.layers.gated_scale_transfer import GatedScaleTransfer
 from gsto_tf.layers.resize import BilinearResize
-from gsto_tf.layers.spatial_gate import SpatialGate
 from gsto_tf.layers.upsample_concat_conv import UpsampleConcatConv1x1
 
 
@@ -78,18 +78,33 @@ def register_layer_cost(layer_cls):
     return decorator
 
 
+def _strided(shape, steps, stride=2):
+    """Shape after ``steps`` 3x3 convs of ``stride`` with padding 1 (PyTorch: ``floor((n - 1) / stride) + 1``)."""
+    h, w = int(shape[1]), int(shape[2])
+    for _ in range(steps):
+        h, w = (h - 1) // stride + 1, (w - 1) // stride + 1
+    return (shape[0], h, w, shape[3])
+
+
 def _gate_cost(gate, in_shape):
-    out = tuple(in_shape[:-1]) + (1,)
-    macs, flops = _conv_cost(gate.conv, out)
-    hw = _spatial(out)
-    if gate.bn is not None:
-        flops += 2 * hw + hw  # BN + ReLU
-    return macs, flops + 4 * hw  # sigmoid
+    """A SpatialGate: per conv step, conv (+ BN + ReLU); then the sigmoid on the gate map."""
+    macs = flops = 0
+    shape = in_shape
+    for n, conv in enumerate(gate.convs):
+        out = _strided(tuple(shape[:-1]) + (1,), 1 if n else 0)
+        m, f = _conv_cost(conv, out)
+        hw = _spatial(out)
+        macs, flops = macs + m, flops + f + (3 * hw if gate.bns else 0)  # BN (2) + ReLU (1) per element
+        shape = out
+    return macs, flops + 4 * _spatial(shape)  # sigmoid
 
 
-@register_layer_cost(SpatialGate)
-def _spatial_gate_cost(layer, in_shape, out_shapes):
-    return _gate_cost(layer, in_shape)
+@register_layer_cost(AdaptiveAveragePooling2D)
+def _adaptive_pool_cost(layer, in_shape, out_shapes):
+    """No multiply-adds (convention of the paper's GFLOPs); FLOPs: one add per input element (overlapping bins
+    ignored) and one divide per output element, as a pooling pass."""
+    out = out_shapes[0]
+    return 0, _numel(in_shape[1:]) + _numel(out[1:])
 
 
 @register_layer_cost(UpsampleConcatConv1x1)
@@ -97,7 +112,7 @@ def _upsample_concat_conv_cost(layer, in_shape, out_shapes):
     """Counted as the official head computes it: resize inputs 1..n to input 0's size, concat, conv1x1.
 
     The layer evaluates the conv per input before resizing (fewer multiply-adds), but the counts describe the
-    model, so they stay comparable with the paper's and the official code's (SPEC §5).
+    model, so they stay comparable with the paper's and the official code's.
     """
     out_shape = out_shapes[0]
     macs, flops = _conv_cost(layer, out_shape)
@@ -128,26 +143,31 @@ def _executed_macs_saving(model):
 
 @register_layer_cost(GatedScaleTransfer)
 def _gated_scale_transfer_cost(layer, in_shape, out_shapes):
-    """Gate (+ class-score conv), gating multiply, channel transform (+BN, act), pooling / resize."""
+    """Gate (+ class-score conv), gating multiply, channel transform steps (+BN, ReLU between steps, act),
+    pooling / resize."""
     macs = flops = 0
     if layer.gate_layer is not None:
         if layer.class_score_layer is not None:
             scores_shape = tuple(in_shape[:-1]) + (layer.num_classes,)
             m, f = _conv_cost(layer.class_score_layer, scores_shape)
             macs, flops = macs + m, flops + f
-        gate_in = tuple(in_shape[:-1]) + (int(layer.gate_layer.conv.kernel.shape[2]),)
+        gate_in = in_shape
+        if layer.gate_layer.downsample:  # a class-map gate: computed from the given (larger) class scores
+            gate_in = _static_shapes(layer, layer.input)[1]
+        gate_in = tuple(gate_in[:-1]) + (int(layer.gate_layer.conv.kernel.shape[2]),)
         m, f = _gate_cost(layer.gate_layer, gate_in)
         macs, flops = macs + m, flops + f + _numel(in_shape[1:])  # + the gating multiply
+    shape = in_shape
+    steps = layer.steps
+    for k, (pad, conv, bn) in enumerate(steps):
+        shape = _strided(shape, 1 if pad is not None else 0, conv.strides[0])
+        shape = tuple(shape[:-1]) + (int(conv.kernel.shape[-1]),)
+        m, f = _conv_cost(conv, shape)
+        numel = _numel(shape[1:])
+        macs, flops = macs + m, flops + f + (2 * numel if bn is not None else 0) + (numel if k < len(steps) - 1 else 0)
+    if steps and layer._activation_name is not None:
+        flops += _numel(shape[1:])
     out_shape = out_shapes[0]
-    strided = layer.pad is not None
-    transform_shape = out_shape if strided else tuple(in_shape[:-1]) + (layer.filters,)
-    m, f = _conv_cost(layer.transform, transform_shape)
-    macs, flops = macs + m, flops + f
-    t_numel = _numel(transform_shape[1:])
-    if layer.bn is not None:
-        flops += 2 * t_numel
-    if layer.activation is not None and layer._activation_name is not None:
-        flops += t_numel
     if layer.pool is not None:
         flops += _numel(out_shape[1:]) * layer.factor**2
     if layer.scale == "up":
@@ -241,7 +261,7 @@ def count_named_model(name, num_classes=19, input_size=(1024, 2048), **options):
     return counts
 
 
-# Official numbers (SPEC §5, measured by running the official code; 19 classes, 1024x2048). The GSTO `params`
+# Official numbers (docs/reference.md, measured by running the official code; 19 classes, 1024x2048). The GSTO `params`
 # include the 173 parameters of the unused `att1`, which our models do not build; `paper_params` and GFLOPs come
 # from HRNet's summary tool, which hooks executed layers only, so they never counted `att1`.
 OFFICIAL_COUNTS = {

@@ -1,19 +1,18 @@
 """Model registry: ``build("gsto_hrnet_w48", num_classes=19)``.
 
 Model families register builders with :func:`register_model`; the registry is filled on first use by importing
-the family modules (HRNet here, PPM/ASPP heads in :mod:`gsto_tf.models.context_heads`).
+the family modules (HRNet here, PPM/ASPP heads in :mod:`gsto_tf.models.context_models`).
 """
 
 import contextlib
 import importlib
-import importlib.util
 
 import keras
 
 from gsto_tf.models import outputs as out_names
 
 _REGISTRY = {}
-_FAMILY_MODULES = ("gsto_tf.models.hrnet_registry", "gsto_tf.models.context_heads")
+_FAMILY_MODULES = ("gsto_tf.models.hrnet_registry", "gsto_tf.models.context_models")
 _loaded = False
 
 
@@ -34,8 +33,7 @@ def _load_families():
     if _loaded:
         return
     for module in _FAMILY_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
+        importlib.import_module(module)
     _loaded = True
 
 
@@ -88,14 +86,12 @@ def inference_model(model, fold_batch_norm=True):
     ``fold_batch_norm`` (default): BatchNorm folded into the preceding convolutions
     (:func:`gsto_tf.models.folding.fold_batch_norm`): the same function with fewer ops, for inference only, and a
     model independent of ``model``'s variables (copied weights). ``False``: a view of ``model`` sharing its layers
-    (cheap to build: use it where only the output's shape matters, or to keep training the same weights).
+    (cheap to build: use it where only the output's shape matters, or to keep training the same weights);
+    idempotent: a model whose output already is one tensor is returned as it is.
     """
-    outputs = model.output
-    if isinstance(outputs, dict):
-        outputs = outputs[out_names.FINAL_LOGITS]
-    elif isinstance(outputs, (list, tuple)):
-        outputs = outputs[0]
-    logits = keras.Model(model.input, outputs, name=f"{model.name}_inference")
+    logits = model
+    if isinstance(model.output, (dict, list, tuple)):
+        logits = keras.Model(model.input, out_names.final_logits(model.output), name=f"{model.name}_inference")
     if not fold_batch_norm:
         return logits
     from gsto_tf.models.folding import fold_batch_norm as fold

@@ -1,49 +1,54 @@
-"""Access to the gate maps of a GSTO model, for visualisation and analysis."""
+"""Access to the gate maps of a GSTO model, for visualisation and analysis.
+
+Every gate of a gsto_tf model lives in a :class:`~gsto_tf.layers.GatedScaleTransfer`; its map is what the layer's
+:meth:`~gsto_tf.layers.GatedScaleTransfer.compute_gate` returns (= the last output with ``return_gate=True``).
+:func:`gate_model` re-runs the model's graph on its own input with the same layers (shared weights;
+``keras.models.clone_model`` with a ``call_function``) and, next to each gated layer, computes its gate from the
+same inputs.
+"""
 
 import keras
 
 from gsto_tf.layers.gated_scale_transfer import GatedScaleTransfer
-from gsto_tf.layers.spatial_gate import SpatialGate
 
 
-def _is_gate_layer(layer):
-    if isinstance(layer, SpatialGate):
-        return True
-    if isinstance(layer, GatedScaleTransfer):
-        return layer.gate is not None
-    return isinstance(layer, keras.layers.Activation) and layer.name.endswith(".sigmoid")
+def _is_gated(layer):
+    return isinstance(layer, GatedScaleTransfer) and layer.gate is not None
 
 
-def gate_layer_names(model):
-    """Names of the gate-producing layers: fusion gates (``stage{s}.{m}.att_layers.{i}.{j}``, output branch i,
-    input branch j), the class-map gates of the transitions (``att2.2.sigmoid``, ``att3.3.sigmoid``) and every
-    gated :class:`~gsto_tf.layers.GatedScaleTransfer` (e.g. in the PPM / ASPP heads)."""
-    return [layer.name for layer in model.layers if _is_gate_layer(layer)]
+def _is_functional(layer):
+    return isinstance(layer, keras.Model) and hasattr(layer, "_operations")
 
 
 class _GateOf(keras.layers.Layer):
-    """Weightless wrapper computing a GatedScaleTransfer's gate with that layer's own weights (for gate_model;
-    not serialisable, visualisation only)."""
+    """Weightless: the gate map of a GatedScaleTransfer (its own weights, inference mode) from ``[x]`` or
+    ``[x, class_scores]``; built by :func:`gate_model` for visualisation, not serialisable."""
 
     def __init__(self, target, **kwargs):
         super().__init__(**kwargs)
         self.target = target
 
-    def call(self, x, class_scores=None):
-        return self.target.compute_gate(x, class_scores=class_scores, training=False)
+    def call(self, inputs):
+        return self.target.compute_gate(inputs[0], class_scores=inputs[1] if len(inputs) > 1 else None,
+                                        training=False)
 
-    def compute_output_shape(self, x_shape, class_scores_shape=None):
-        return tuple(x_shape[:-1]) + (1,)
+    def compute_output_shape(self, input_shapes):
+        if self.target.gate_layer.downsample:  # a class-map gate brings the class scores to x's scale itself
+            return self.target.gate_layer.compute_output_shape(input_shapes[-1])
+        return tuple(input_shapes[0][:-1]) + (1,)
 
 
-def _gate_tensor(layer):
-    if not isinstance(layer, GatedScaleTransfer):
-        return layer.output
-    # The gate is internal to the layer: recompute it from the layer's recorded inputs with its own weights.
-    node = layer._inbound_nodes[0]
-    x = node.arguments.args[0]
-    class_scores = node.arguments.kwargs.get("class_scores")
-    return _GateOf(layer, name=f"{layer.name}.gate_map")(x, class_scores=class_scores)
+def gate_layer_names(model):
+    """Names of the gated :class:`~gsto_tf.layers.GatedScaleTransfer` layers, nested functional sub-models
+    included: GSTO-HRNet's fusion gates (``stage{s}.{m}.att_layers.{i}.{j}``, output branch i, input branch j),
+    its class-map gated transitions (``att2.2``, ``att3.3``) and the gated transfers of the PPM / ASPP heads."""
+    names = []
+    for layer in model.layers:
+        if _is_gated(layer):
+            names.append(layer.name)
+        elif _is_functional(layer):
+            names.extend(gate_layer_names(layer))
+    return names
 
 
 def gate_model(model):
@@ -51,8 +56,19 @@ def gate_model(model):
 
     Raises ValueError for a model without gates (e.g. HRNetV2).
     """
-    names = gate_layer_names(model)
-    if not names:
+    if not gate_layer_names(model):
         raise ValueError(f"model '{model.name}' has no GSTO gates")
-    outputs = {n: _gate_tensor(model.get_layer(n)) for n in names}
-    return keras.Model(model.input, outputs, name=f"{model.name}_gates")
+    gates = {}
+
+    def call(layer, *args, **kwargs):
+        if _is_gated(layer):
+            scores = kwargs.get("class_scores")
+            gate_inputs = [args[0]] if scores is None else [args[0], scores]
+            gates[layer.name] = _GateOf(layer, name=f"{layer.name}.gate_map")(gate_inputs)
+        if _is_functional(layer) and gate_layer_names(layer):
+            gates.update(gate_model(layer)(*args, **kwargs))
+        return layer(*args, **kwargs)
+
+    keras.models.clone_model(model, input_tensors=model.input, clone_function=lambda layer: layer,
+                             call_function=call)
+    return keras.Model(model.input, gates, name=f"{model.name}_gates")

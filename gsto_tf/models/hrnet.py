@@ -1,16 +1,20 @@
-"""HRNetV2 and GSTO-HRNet as functional Keras models (SPEC §2-4).
+"""HRNetV2 and GSTO-HRNet as functional Keras models (official HRNet / GSTO code; docs/reference.md).
 
-The graph is flat: every conv / BN is a top-level layer named after its official checkpoint key, so the generic
-loader in :mod:`gsto_tf.models.checkpoints` loads official HRNet and GSTO-HRNet weights without a mapping table.
+Every conv / BN is named after its official checkpoint key: the trunk's blocks are top-level layers with those
+names, and every scale transfer (fuse paths, new-branch transitions) is one :class:`~gsto_tf.layers.GatedScaleTransfer`
+that declares the keys of its sublayers (``gate_key`` / ``transform_key``). So the generic loader in
+:mod:`gsto_tf.models.checkpoints` loads official HRNet and GSTO-HRNet weights without a mapping table.
 
-GSTO-HRNet = HRNetV2 plus, as in the released code (SPEC §2):
+GSTO-HRNet = HRNetV2 plus, as in the released code (``models/gsto_hrnet.py``):
 
 1. gated fusion: in every HighResolutionModule, for every output branch ``i`` and input branch ``j`` (``i == j``
-   included) a gate ``g_ij`` (:class:`~gsto_tf.layers.SpatialGate`, layer ``stage{s}.{m}.att_layers.{i}.{j}``)
-   computed from ``x_j`` at ``x_j``'s resolution multiplies ``x_j`` before the fuse op ``T_ij``;
+   included) a gate ``g_ij`` (key ``stage{s}.{m}.att_layers.{i}.{j}``) computed from ``x_j`` at ``x_j``'s
+   resolution multiplies ``x_j`` before the fuse op ``T_ij``: one GatedScaleTransfer per ``(i, j)``, named after
+   its gate (HRNetV2: the same layers without gate, named ``stage{s}.{m}.fuse_layers.{i}.{j}``);
 2. supervised gated transitions: after stages 2 and 3 an auxiliary predictor (same shape as the final head) gives
    class logits at 1/4; a small conv chain (``att2.2`` / ``att3.3``) turns them into a gate at the resolution of
-   the lowest branch, which multiplies that branch before the stride-2 transition conv creating the next branch.
+   the lowest branch, which multiplies that branch before the stride-2 transition conv creating the next branch:
+   one GatedScaleTransfer named ``att{s}.{s}`` fed with the class scores (``class_scores=``).
    (``att1`` of the official checkpoints is never used by the official forward pass and is not built.)
 
 For ablations ``gsto_parts`` builds a subset: ``"fusion_gates"`` (1.), ``"aux_heads"`` (the stage-2/3 predictors
@@ -20,14 +24,14 @@ three, the published model; ``("aux_heads",)`` alone is HRNetV2 with deep superv
 
 import keras
 
-from gsto_tf.layers.resize import BilinearResize
-from gsto_tf.layers.spatial_gate import GATE_STYLES, SpatialGate
+from gsto_tf.layers.gated_scale_transfer import GatedScaleTransfer
+from gsto_tf.layers.spatial_gate import GATE_STYLES
 from gsto_tf.layers.upsample_concat_conv import UpsampleConcatConv1x1
 from gsto_tf.models import outputs as out_names
-from gsto_tf.models.blocks import basic_block, batch_norm, bottleneck_block, conv2d, conv_bn, relu
+from gsto_tf.models.blocks import (BOTTLENECK_EXPANSION, basic_block, batch_norm, bottleneck_block, conv2d,
+                                   conv_bn, relu)
 from gsto_tf.models.hrnet_specs import get_hrnet_spec
 
-BOTTLENECK_EXPANSION = 4
 GSTO_PARTS = ("fusion_gates", "aux_heads", "transition_gates")
 
 
@@ -57,10 +61,12 @@ def _layer1(x, stage, sync):
     return x
 
 
-def _transition(xs, cur_channels, index, sync, new_branch_input=None):
+def _transition(xs, cur_channels, index, sync, class_scores=None):
     """transition{index}: adapt existing branches' widths and create the new, half-resolution branch.
 
-    ``new_branch_input`` replaces ``xs[-1]`` as the source of the new branch (GSTO's gated transition).
+    The new branch is a scale transfer of the lowest branch (3x3 stride-2 conv-BN-ReLU, official key
+    ``transition{index}.{i}.0``); with ``class_scores`` (GSTO's supervised transition) it is gated first by the
+    class-map gate ``att{index}.{index}``, which brings the stride-4 class scores down to that branch's scale.
     """
     prev_channels = [x.shape[-1] for x in xs]
     out = []
@@ -71,17 +77,44 @@ def _transition(xs, cur_channels, index, sync, new_branch_input=None):
                                    sync=sync))
             else:
                 out.append(xs[i])
-        else:
-            src = xs[-1] if new_branch_input is None else new_branch_input
-            out.append(conv_bn(src, channels, 3, f"transition{index}.{i}.0.0", f"transition{index}.{i}.0.1",
-                               strides=2, sync=sync))
+            continue
+        gated = class_scores is not None
+        key = f"transition{index}.{i}.0"
+        layer = GatedScaleTransfer(
+            channels, scale="down", factor=2, down_method="conv", activation="relu",
+            gate="supervised" if gated else None, gate_kernel_size=3 if gated else 1,
+            gate_downsample=len(xs) - 1 if gated else 0, sync_batchnorm=sync,
+            gate_key=f"att{index}.{index}" if gated else None, transform_key=key,
+            name=f"att{index}.{index}" if gated else key,
+        )
+        out.append(layer(xs[-1], class_scores=class_scores))
     return out
 
 
-def _gate(x, name, style, sync):
-    """Multiply ``x`` by its own spatial gate (official key ``{name}.{0,1}``)."""
-    g = SpatialGate(style, sync_batchnorm=sync, name=name)(x)
-    return keras.layers.Multiply(name=f"{name}.mul")([x, g])
+def _fuse_term(branches, i, j, channels, prefix, gate_style, sync):
+    """``T_ij(g_ij * x_j)``: the scale transfer from input branch ``j`` to output branch ``i``.
+
+    One :class:`~gsto_tf.layers.GatedScaleTransfer` (``gate_style=None``: HRNetV2, no gate): up (``j > i``): 1x1
+    conv + BN, bilinear to ``x_i``'s size; down (``j < i``): ``i - j`` steps of 3x3 stride-2 conv + BN, ReLU
+    between; same (``i == j``): the gate only. Official keys: gate ``{prefix}.att_layers.{i}.{j}``, fuse path
+    ``{prefix}.fuse_layers.{i}.{j}``; the layer is named after the first of them it has.
+    """
+    gate_key = f"{prefix}.att_layers.{i}.{j}"
+    fuse_key = f"{prefix}.fuse_layers.{i}.{j}"
+    if j == i and gate_style is None:
+        return branches[j]
+    if j > i:
+        args = {"filters": channels[i], "scale": "up"}
+    elif j < i:
+        args = {"filters": channels[i], "scale": "down", "factor": 2 ** (i - j), "down_method": "strided_conv"}
+    else:
+        args = {"filters": None, "scale": "same"}
+    layer = GatedScaleTransfer(
+        **args, gate=None if gate_style is None else "unsupervised", gate_style=gate_style or "official",
+        sync_batchnorm=sync, gate_key=gate_key, transform_key=fuse_key,
+        name=fuse_key if gate_style is None else gate_key,
+    )
+    return layer(branches[j], reference=branches[i]) if j > i else layer(branches[j])
 
 
 def _hr_module(xs, stage, prefix, gsto, gate_style, sync):
@@ -94,25 +127,7 @@ def _hr_module(xs, stage, prefix, gsto, gate_style, sync):
     n = len(branches)
     fused = []
     for i in range(n):
-        terms = []
-        for j in range(n):
-            t = branches[j]
-            if gsto:
-                t = _gate(t, f"{prefix}.att_layers.{i}.{j}", gate_style, sync)
-            if j > i:
-                name = f"{prefix}.fuse_layers.{i}.{j}"
-                t = conv2d(t, channels[i], 1, f"{name}.0")
-                t = batch_norm(t, f"{name}.1", sync)
-                t = BilinearResize(name=f"{name}.up")([t, branches[i]])
-            elif j < i:
-                for k in range(i - j):
-                    last = k == i - j - 1
-                    name = f"{prefix}.fuse_layers.{i}.{j}.{k}"
-                    t = conv2d(t, channels[i] if last else channels[j], 3, f"{name}.0", strides=2)
-                    t = batch_norm(t, f"{name}.1", sync)
-                    if not last:
-                        t = relu(t, f"{name}.relu")
-            terms.append(t)
+        terms = [_fuse_term(branches, i, j, channels, prefix, gate_style if gsto else None, sync) for j in range(n)]
         y = keras.layers.Add(name=f"{prefix}.fuse.{i}.add")(terms)
         fused.append(relu(y, f"{prefix}.fuse.{i}.relu"))
     return fused
@@ -138,14 +153,6 @@ def _seg_head(xs, num_classes, prefix, sync):
     return conv2d(x, num_classes, 1, f"{prefix}.3", use_bias=True, dtype=out_names.logits_dtype())
 
 
-def _class_map_gate(logits, name, num_downsamples, sync):
-    """att{2,3}: conv3x3(K->1) s1, then ``num_downsamples`` conv3x3(1->1) s2, each +BN+ReLU; sigmoid."""
-    g = conv_bn(logits, 1, 3, f"{name}.0.0", f"{name}.0.1", sync=sync)
-    for n in range(1, num_downsamples + 1):
-        g = conv_bn(g, 1, 3, f"{name}.{n}.0", f"{name}.{n}.1", strides=2, sync=sync)
-    return keras.layers.Activation("sigmoid", name=f"{name}.sigmoid")(g)
-
-
 def hrnet_features(inputs, spec="w18_small_v2", *, gsto=False, num_classes=None, gate_style="official",
                    sync_batchnorm=False, gsto_parts=None):
     """Build the HRNet trunk on ``inputs``.
@@ -169,14 +176,13 @@ def hrnet_features(inputs, spec="w18_small_v2", *, gsto=False, num_classes=None,
     xs = _transition([x], spec["stage2"]["num_channels"], 1, sync)
     for s in (2, 3):
         xs = _stage(xs, spec[f"stage{s}"], s, "fusion_gates" in parts, gate_style, sync)
-        gated = None
+        class_scores = None
         if "aux_heads" in parts:
             aux_name = out_names.AUX_STAGE2 if s == 2 else out_names.AUX_STAGE3
             aux[aux_name] = _seg_head(xs, num_classes, f"last_layer_stage{s}", sync)
         if "transition_gates" in parts:  # stage-s class map -> att{s}.{s} gate on the lowest branch
-            gate = _class_map_gate(aux[aux_name], f"att{s}.{s}", s - 1, sync)
-            gated = keras.layers.Multiply(name=f"att{s}.{s}.mul")([xs[-1], gate])
-        xs = _transition(xs, spec[f"stage{s + 1}"]["num_channels"], s, sync, new_branch_input=gated)
+            class_scores = aux[aux_name]
+        xs = _transition(xs, spec[f"stage{s + 1}"]["num_channels"], s, sync, class_scores=class_scores)
     xs = _stage(xs, spec["stage4"], 4, "fusion_gates" in parts, gate_style, sync)
     return xs, aux
 

@@ -1,4 +1,4 @@
-"""HRNet stage specs (mmseg-style per-stage dicts; numbers from SPEC §4 / the official configs).
+"""HRNet stage specs (mmseg-style per-stage dicts; numbers from the official HRNet configs).
 
 ``stage1`` is the Bottleneck ``layer1``; stages 2-4 are HighResolutionModules of BasicBlocks.
 """

@@ -29,6 +29,16 @@ AUX_LOSS_WEIGHTS = {
 }
 
 
+def final_logits(outputs):
+    """The final logits among a model's outputs: the ``"logits"`` entry of a dict, the first of a list / tuple,
+    or the tensor itself (symbolic or eager)."""
+    if isinstance(outputs, dict):
+        return outputs[FINAL_LOGITS]
+    if isinstance(outputs, (list, tuple)):
+        return outputs[0]
+    return outputs
+
+
 def loss_weight(output_name):
     """Loss weight of a model output; raises for names that have none registered."""
     try:

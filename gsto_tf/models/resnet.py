@@ -23,9 +23,8 @@ PyTorch's output sizes, ``floor((n + 2p - k) / s) + 1``.
 
 import keras
 
-from gsto_tf.models.blocks import bottleneck_block, conv_bn
+from gsto_tf.models.blocks import BOTTLENECK_EXPANSION, bottleneck_block, conv_bn
 
-BOTTLENECK_EXPANSION = 4
 RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 STEMS = ("deep", "basic")
 # output stride -> (strides of layer1..4, dilations of layer1..4)

@@ -141,14 +141,25 @@ def _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks, state, before
     return metrics
 
 
-def train(config, run_dir, evaluate_at_end=True, verbose=1):
-    """Train ``config`` (an :class:`~gsto_tf.training.config.ExperimentConfig`) in ``run_dir``; resumes from
-    ``run_dir/backup`` when a previous run of the same configuration was interrupted.
+@dataclasses.dataclass
+class _Plan:
+    """What a run does, fixed before anything is built: data, strategy, steps and their chunking."""
 
-    An existing ``run_dir`` must hold a run of the same configuration (see :func:`~gsto_tf.training.run_dir.
-    claim_run_dir`); a different one is refused before anything is written.
-    """
-    start = time.time()
+    spec: object
+    data_dir: str
+    num_samples: int
+    strategy: object
+    total_steps: int
+    chunk: int
+
+    @property
+    def num_chunks(self):
+        return self.total_steps // self.chunk
+
+
+def _plan(config, run_dir):
+    """Check the configuration, the data and the run dir; seed, dtype policy and strategy. Writes only the claim of
+    ``run_dir``."""
     validate_config(config)
     spec = get_dataset_spec(config.data.dataset)
     data_dir = resolve_data_dir(spec.name, config.data.data_dir)
@@ -164,56 +175,84 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
     if global_batch % replicas:
         raise ValueError(f"train.global_batch_size={global_batch} is not divisible by {replicas} replicas")
     total_steps = _total_steps(config, len(samples))
-    precise_bn_batches = config.eval.precise_bn_batches
-    chunk = _chunking(total_steps, config.train.checkpoint_every)
-    num_chunks = total_steps // chunk
+    plan = _Plan(spec, data_dir, len(samples), strategy, total_steps,
+                 _chunking(total_steps, config.train.checkpoint_every))
     print(f"training {config.model.name} on {spec.name} ({len(samples)} images): {total_steps} steps, "
           f"global batch {global_batch} = {global_batch // replicas} per replica x {replicas} replica(s) "
-          f"[{type(strategy).__name__}], backups every {chunk} steps")
+          f"[{type(strategy).__name__}], backups every {plan.chunk} steps")
+    return plan
 
-    with strategy.scope():
-        model = compile_model(build_model(config, spec.num_classes, replicas), config, spec, total_steps)
+
+def _compiled_model(config, plan):
+    """The compiled model (inside the strategy's scope), with the ``model.pretrained`` trunk loaded."""
+    with plan.strategy.scope():
+        model = compile_model(build_model(config, plan.spec.num_classes, plan.strategy.num_replicas_in_sync),
+                              config, plan.spec, plan.total_steps)
     if config.model.pretrained:
         report = load_torch_weights(model, config.model.pretrained, backbone_only=True)
         print(report.summary())
+    return model
 
+
+def _train_batches(config, plan, start_step):
+    return build_train_dataset(plan.spec.name, plan.data_dir, global_batch_size=config.train.global_batch_size,
+                               seed=config.train.seed, crop_size=config.data.crop_size,
+                               scale_range=config.data.scale_range, photometric=config.data.photometric,
+                               start_step=start_step)
+
+
+def _evaluation(config, plan, verbose):
+    """``(run_eval(model) -> metrics, eval_context or None, apply_precise_bn or None)`` (PreciseBN: module doc)."""
+    setting = evaluation_setting(config)
+    batches = config.eval.precise_bn_batches
+
+    def run_eval(m):
+        return evaluate(inference_model(m), build_eval_dataset(plan.spec.name, plan.data_dir), plan.spec,
+                        setting=setting, limit=config.eval.limit, progress=verbose > 0)
+
+    if not batches:
+        return run_eval, None, None
+
+    def after_training():  # the batches that would follow the last training step
+        return _train_batches(config, plan, plan.total_steps)
+
+    @contextlib.contextmanager
+    def eval_context(m):
+        with precise_bn_applied(m, after_training(), batches, plan.strategy) as updated:
+            print(f"\nPreciseBN: BN statistics of {updated} layers re-estimated over {batches} "
+                  "training batches for this evaluation and best.keras")
+            yield
+
+    def apply_precise_bn(m):
+        updated = precise_bn(m, after_training(), batches, plan.strategy)
+        print(f"PreciseBN applied: BN statistics of {updated} layers re-estimated over {batches} "
+              "augmented training batches (weights frozen); final.keras carries them")
+
+    return run_eval, eval_context, apply_precise_bn
+
+
+def train(config, run_dir, evaluate_at_end=True, verbose=1):
+    """Train ``config`` (an :class:`~gsto_tf.training.config.ExperimentConfig`) in ``run_dir``; resumes from
+    ``run_dir/backup`` when a previous run of the same configuration was interrupted.
+
+    An existing ``run_dir`` must hold a run of the same configuration (see :func:`~gsto_tf.training.run_dir.
+    claim_run_dir`); a different one is refused before anything is written.
+    """
+    start = time.time()
+    plan = _plan(config, run_dir)
+    model = _compiled_model(config, plan)
+    chunk, num_chunks = plan.chunk, plan.num_chunks
     state = ResumeState(os.path.join(run_dir, "backup"), model, model.optimizer)
     initial_chunk = state.restore(model, model.optimizer)
     if initial_chunk:
         print(f"resuming from step {initial_chunk * chunk} (backup in {run_dir}/backup)")
-
-    def train_batches(start_step):
-        return build_train_dataset(spec.name, data_dir, global_batch_size=global_batch, seed=config.train.seed,
-                                   crop_size=config.data.crop_size, scale_range=config.data.scale_range,
-                                   photometric=config.data.photometric, start_step=start_step)
-
-    ds = train_batches(initial_chunk * chunk)
-    names = list(model.output)
-    ds = ds.map(lambda x, y: (x, {n: y for n in names}))
-
-    setting = evaluation_setting(config)
-
-    def run_eval(m):
-        return evaluate(inference_model(m), build_eval_dataset(spec.name, data_dir), spec, setting=setting,
-                        limit=config.eval.limit, progress=verbose > 0)
-
-    eval_context = apply_precise_bn = None
-    if precise_bn_batches:
-        @contextlib.contextmanager
-        def eval_context(m):
-            with precise_bn_applied(m, train_batches(total_steps), precise_bn_batches, strategy) as updated:
-                print(f"\nPreciseBN: BN statistics of {updated} layers re-estimated over {precise_bn_batches} "
-                      "training batches for this evaluation and best.keras")
-                yield
-
-        def apply_precise_bn(m):
-            updated = precise_bn(m, train_batches(total_steps), precise_bn_batches, strategy)
-            print(f"PreciseBN applied: BN statistics of {updated} layers re-estimated over {precise_bn_batches} "
-                  "augmented training batches (weights frozen); final.keras carries them")
+    run_eval, eval_context, apply_precise_bn = _evaluation(config, plan, verbose)
 
     nan_guard = NaNGuard(chunk, initial_chunk)
     history = None
     if initial_chunk < num_chunks:
+        names = list(model.output)
+        ds = _train_batches(config, plan, initial_chunk * chunk).map(lambda x, y: (x, {n: y for n in names}))
         callbacks = _callbacks(run_dir, state, nan_guard, run_eval, config, chunk, initial_chunk, eval_context)
         with reading_data():  # a bad file: one line naming it, not a graph-execution error
             history = model.fit(ds, epochs=num_chunks, steps_per_epoch=chunk, initial_epoch=initial_chunk,
@@ -223,4 +262,4 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
         return TrainResult(run_dir, nan_guard.failed_step, final_loss, None, time.time() - start,
                            stopped_on_nan_at=nan_guard.failed_step)
     metrics = _finish(model, run_dir, run_eval, evaluate_at_end, num_chunks, state, apply_precise_bn)
-    return TrainResult(run_dir, total_steps, final_loss, metrics, time.time() - start)
+    return TrainResult(run_dir, plan.total_steps, final_loss, metrics, time.time() - start)

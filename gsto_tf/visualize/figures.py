@@ -65,7 +65,7 @@ def gate_grid(gates, image, path):
     for ax, name in zip(axes[1:], names):
         g = np.asarray(gates[name])[0, ..., 0]
         m = _FUSION.search(name)
-        title = (f"s{m.group(1)}.{m.group(2)}: {m.group(4)}->{m.group(3)}" if m else name.replace(".sigmoid", ""))
+        title = (f"s{m.group(1)}.{m.group(2)}: {m.group(4)}->{m.group(3)}" if m else name)
         im = ax.imshow(g, cmap="magma", vmin=0.0, vmax=1.0)
         ax.set_title(f"{title} [{g.min():.2f},{g.max():.2f}]", fontsize=7)
     for ax in axes:

@@ -1,6 +1,7 @@
-"""PSPNet (PPM) and DeepLabV3 (ASPP) heads, plain and with GSTO, on a dilated ResNet or on HRNet features.
+"""PSPNet (PPM) and DeepLabV3 (ASPP) models on a dilated ResNet or on HRNet features: assembly and registry.
 
-Four variants of each head (the slides' table for "traditional classification backbones"):
+The heads themselves (and where GSTO gates them) are in :mod:`gsto_tf.models.heads`. Four variants of each head
+(the slides' table for "traditional classification backbones"):
 
 ==================  ==========================  =========================================================
 name part           variant                     what is added to the baseline head
@@ -12,52 +13,30 @@ name part           variant                     what is added to the baseline he
 ``pspnet_gsto``     + GSTO (w/o sup)            an unsupervised gate ``sigmoid(conv1x1(F))`` on every scale
                                                 transfer (placement below)
 ``pspnet_gsto_sup`` + GSTO (w/ sup)             the same gates, computed from ``P`` (``sigmoid(conv1x1(P))``,
-                                                SPEC §1 eqs. 5-6); ``P`` is supervised as in ``_sup``
+                                                paper eqs. 5-6); ``P`` is supervised as in ``_sup``
 ==================  ==========================  =========================================================
 
 (``deeplabv3`` likewise.) Registered names are ``{head}{variant}_{backbone}`` with backbone ``resnet50``,
 ``resnet101``, ``hrnetv2_<spec>`` or ``gsto_hrnet_<spec>``, e.g. ``pspnet_gsto_sup_resnet101``,
 ``deeplabv3_gsto_hrnetv2_w18_small_v2``.
 
-GSTO placement (no official code exists for these heads; our choice). A scale transfer is a place where
-information moves between scales, so that is where a gate decides, per location, what moves (SPEC §1):
-
-* PPM bin ``k``: the pooling to a ``k x k`` grid is a down transfer -> the input feature is gated (at its own
-  resolution) before the adaptive pooling; the upsampling back is an up transfer -> the ``k x k`` bin feature is
-  gated (at ``k x k``) before the bilinear upsampling. Each bin has its own two gates.
-* ASPP: the image-pooling branch is a 1-bin pyramid and gets the same two gates; each atrous 3x3 branch
-  transfers context from a wider scale -> its input is gated (one gate per branch). The 1x1 branch does not
-  change scale and is not gated.
-* The gate of a pooled transfer is computed at the resolution of the tensor it multiplies; the supervised gate's
-  class scores are brought there with the same adaptive average pooling (not a bilinear resize, which would alias
-  when shrinking 64 -> 2).
-* Composition: ``SpatialGate`` -> multiply -> ``AdaptiveAveragePooling2D`` -> 1x1 Conv-BN-ReLU (the STO's channel
-  transform) for the down transfers; ``SpatialGate`` -> multiply -> bilinear resize for the up transfers. The
-  gated layers keep the baseline's names, so baseline weights load into the GSTO variants (only the gates are
-  new).
-* Gate style defaults to ``"paper"`` (``sigmoid(conv1x1 + bias)``): there is no official checkpoint to be
-  compatible with, and the official style's BN would normalise over 1x1 / 2x2 maps (degenerate with small
-  batches) and its ReLU would confine the gate to [0.5, 1).
-
 Layer names follow mmsegmentation's PSPHead / ASPPHead / FCNHead checkpoint keys: the backbone is a nested
 sub-model named ``backbone`` (keys ``backbone.stem.0.weight``, ...), the head layers are ``decode_head.*`` and the
 auxiliary FCN ``auxiliary_head.*``, so an mmseg PSPNet checkpoint (ResNetV1c) maps onto ``pspnet_resnet50/101``
-with the generic loader; ImageNet trunk checkpoints load into ``model.get_layer("backbone")``
-(see :func:`load_backbone_weights`).
+with the generic loader; ImageNet trunk checkpoints load into the ``backbone`` sub-model with
+``load_torch_weights(model, path, backbone_only=True)``.
 """
 
 import functools
 
 import keras
 
-from gsto_tf.layers.adaptive_pooling import AdaptiveAveragePooling2D
 from gsto_tf.layers.resize import BilinearResize
-from gsto_tf.layers.spatial_gate import GATE_STYLES, SpatialGate
+from gsto_tf.layers.spatial_gate import GATE_STYLES
 from gsto_tf.models import outputs as out_names
-from gsto_tf.models.blocks import batch_norm, conv2d, relu
-from gsto_tf.models.checkpoints import load_torch_weights
-from gsto_tf.models.counting import register_layer_cost
+from gsto_tf.models.blocks import conv2d
 from gsto_tf.models.factory import register_model
+from gsto_tf.models.heads import ASPP_RATES_OS8, PPM_BINS, Gating, aspp_head, classifier, fcn_aux_head, ppm_head
 from gsto_tf.models.resnet import RESNET_DEPTHS, build_resnet_backbone
 
 HEADS = ("pspnet", "deeplabv3")
@@ -68,104 +47,7 @@ VARIANTS = {
     "_gsto": ("unsupervised", False),
     "_gsto_sup": ("supervised", True),
 }
-PPM_BINS = (1, 2, 3, 6)
-# DeepLabV3 rates at output stride 8; they scale with 8 / output_stride (16 -> 6/12/18, HRNet's 4 -> 24/48/72).
-ASPP_RATES_OS8 = (12, 24, 36)
 BACKBONE_NAME = "backbone"
-
-
-@register_layer_cost(AdaptiveAveragePooling2D)
-def _adaptive_pool_cost(layer, in_shape, out_shapes):
-    """No multiply-adds (convention of the paper's GFLOPs); FLOPs: one add per input element (overlapping bins
-    ignored) and one divide per output element, as a pooling pass."""
-    in_numel = int(in_shape[1]) * int(in_shape[2]) * int(in_shape[3])
-    out = out_shapes[0]
-    return 0, in_numel + int(out[1]) * int(out[2]) * int(out[3])
-
-
-def _cbr(x, filters, kernel_size, name, dilation=1, sync=False):
-    """mmcv ConvModule: conv (no bias) ``{name}.conv`` -> BN ``{name}.bn`` -> ReLU."""
-    x = conv2d(x, filters, kernel_size, f"{name}.conv", dilation=dilation)
-    x = batch_norm(x, f"{name}.bn", sync)
-    return relu(x, f"{name}.relu")
-
-
-class _Gating:
-    """Applies the variant's gate to the input of a scale transfer (nothing for gate=None)."""
-
-    def __init__(self, gate, style, class_scores, sync):
-        self.gate = gate
-        self.style = style
-        self.class_scores = class_scores
-        self.sync = sync
-        self._pooled_scores = {}
-
-    def scores_at(self, bins, name):
-        """Class scores pooled to a ``bins x bins`` grid (computed once per grid size)."""
-        if bins not in self._pooled_scores:
-            self._pooled_scores[bins] = AdaptiveAveragePooling2D(bins, name=name)(self.class_scores)
-        return self._pooled_scores[bins]
-
-    def __call__(self, x, name, bins=None):
-        """Gate ``x`` with a gate named ``name``; ``bins`` = the grid ``x`` was pooled to (None: full res)."""
-        if self.gate is None:
-            return x
-        if self.gate == "unsupervised":
-            source = x
-        elif bins is None:
-            source = self.class_scores
-        else:
-            source = self.scores_at(bins, f"{name}.scores_pool")
-        g = SpatialGate(self.style, sync_batchnorm=self.sync, name=name)(source)
-        return keras.layers.Multiply(name=f"{name}.mul")([x, g])
-
-
-def _pooled_branch(x, bins, channels, name, gating, sync):
-    """Gate -> adaptive pool to ``bins x bins`` (``{name}.0``) -> 1x1 CBR (``{name}.1``) -> gate -> upsample."""
-    y = gating(x, f"{name}.gate")
-    y = AdaptiveAveragePooling2D(bins, name=f"{name}.0")(y)
-    y = _cbr(y, channels, 1, f"{name}.1", sync=sync)
-    y = gating(y, f"{name}.up_gate", bins=bins)
-    return BilinearResize(name=f"{name}.up")([y, x])
-
-
-def ppm_head(x, *, channels=512, bins=PPM_BINS, gating=None, sync=False, name="decode_head"):
-    """Pyramid pooling (PSPNet): ``concat(x, up(CBR1x1(pool_b(x))) for b in bins)`` -> 3x3 CBR; returns the
-    ``channels``-wide feature before dropout / classifier."""
-    gating = gating or _Gating(None, None, None, sync)
-    outs = [x]
-    for k, b in enumerate(bins):
-        outs.append(_pooled_branch(x, b, channels, f"{name}.psp_modules.{k}", gating, sync))
-    y = keras.layers.Concatenate(name=f"{name}.concat")(outs)
-    return _cbr(y, channels, 3, f"{name}.bottleneck", sync=sync)
-
-
-def aspp_head(x, *, channels=512, rates=ASPP_RATES_OS8, bottleneck_kernel=1, gating=None, sync=False,
-              name="decode_head"):
-    """ASPP (DeepLabV3): image pooling + 1x1 + atrous 3x3 per rate, concat -> CBR (``bottleneck_kernel``: 1 as in
-    DeepLabV3, 3 as in mmseg's ASPPHead)."""
-    gating = gating or _Gating(None, None, None, sync)
-    outs = [_pooled_branch(x, 1, channels, f"{name}.image_pool", gating, sync)]
-    outs.append(_cbr(x, channels, 1, f"{name}.aspp_modules.0", sync=sync))
-    for k, rate in enumerate(rates, 1):
-        branch = f"{name}.aspp_modules.{k}"
-        y = gating(x, f"{branch}.gate")
-        outs.append(_cbr(y, channels, 3, branch, dilation=int(rate), sync=sync))
-    y = keras.layers.Concatenate(name=f"{name}.concat")(outs)
-    return _cbr(y, channels, bottleneck_kernel, f"{name}.bottleneck", sync=sync)
-
-
-def _classifier(x, num_classes, dropout, name):
-    """Dropout2d (mmseg's default 0.1) -> 1x1 conv with bias, float32 logits even under mixed precision."""
-    if dropout:
-        x = keras.layers.SpatialDropout2D(dropout, name=f"{name}.dropout")(x)
-    return conv2d(x, num_classes, 1, f"{name}.conv_seg", use_bias=True, dtype=out_names.logits_dtype())
-
-
-def fcn_aux_head(x, num_classes, *, channels=256, dropout=0.1, sync=False, name="auxiliary_head"):
-    """Standard FCN auxiliary head (mmseg FCNHead, one conv): 3x3 CBR -> dropout -> 1x1 classifier."""
-    y = _cbr(x, channels, 3, f"{name}.convs.0", sync=sync)
-    return _classifier(y, num_classes, dropout, name)
 
 
 def _parse_backbone(backbone):
@@ -260,14 +142,14 @@ def build_context_model(head, backbone, num_classes, *, variant="", aux=True, ou
         # P = conv1x1_{C->K}(F) on the head's input (GSTO paper eq. 5); float32 like every output.
         class_scores = conv2d(x, num_classes, 1, "decode_head.class_scores", use_bias=True,
                               dtype=out_names.logits_dtype())
-    gating = _Gating(gate, gate_style, class_scores, sync)
+    gating = Gating(gate, gate_style, class_scores, sync)
     if head == "pspnet":
         y = ppm_head(x, channels=head_channels, bins=tuple(bins), gating=gating, sync=sync)
     else:
         rates = aspp_rates if aspp_rates is not None else tuple(r * 8 // stride for r in ASPP_RATES_OS8)
         y = aspp_head(x, channels=head_channels, rates=tuple(rates), bottleneck_kernel=aspp_bottleneck_kernel,
                       gating=gating, sync=sync)
-    outputs[out_names.FINAL_LOGITS] = _classifier(y, num_classes, dropout, "decode_head")
+    outputs[out_names.FINAL_LOGITS] = classifier(y, num_classes, dropout, "decode_head")
     if aux:
         if aux_in is not None:
             outputs[out_names.AUX_FCN] = fcn_aux_head(aux_in, num_classes, channels=aux_channels, dropout=dropout,
@@ -276,16 +158,6 @@ def build_context_model(head, backbone, num_classes, *, variant="", aux=True, ou
             outputs[out_names.AUX_CLASS_MAP] = class_scores
         outputs.update(backbone_aux)
     return keras.Model(inputs, outputs, name=name or f"{head}{variant}_{backbone}")
-
-
-def load_backbone_weights(model, state_dict_or_path, strict=True):
-    """Load an ImageNet trunk checkpoint (torchvision ResNet, mmseg ResNetV1c, HRNet ImageNet) into the
-    ``backbone`` sub-model of a context-head model; its classifier keys are ignored. Returns the LoadReport."""
-    try:
-        backbone = model.get_layer(BACKBONE_NAME)
-    except ValueError:
-        raise ValueError(f"model '{model.name}' has no sub-model named '{BACKBONE_NAME}'.") from None
-    return load_torch_weights(backbone, state_dict_or_path, strict=strict, backbone_only=True)
 
 
 def _builder(head, variant, backbone, model_name, num_classes, **options):
