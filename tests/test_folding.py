@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from gsto_tf.data import build_eval_dataset, ensure_synthetic
 from gsto_tf.export import export_saved_model
-from gsto_tf.layers import FusedBatchNormalization, UpsampleConcatConv1x1, resize_bilinear
+from gsto_tf.layers import (FusedBatchNormalization, GatedScaleTransfer, SpatialGate, UpsampleConcatConv1x1,
+                            resize_bilinear)
 from gsto_tf.models import build, inference_model, load_torch_weights
 from gsto_tf.models.folding import fold_batch_norm, fold_conv_bn_weights, folded_pairs
 
@@ -70,11 +71,9 @@ def test_folded_hrnet_equals_unfolded_in_float32(name):
     pairs = dict(folded_pairs(model))
     assert pairs["conv1"] == "bn1" and pairs["last_layer.0"] == "last_layer.1"  # UpsampleConcatConv1x1 folds too
     assert isinstance(folded.get_layer("last_layer.0"), UpsampleConcatConv1x1)
-    # Every top-level BN follows a conv it alone consumes; only BNs inside composite layers (GSTO's SpatialGate)
-    # remain, unless those layers fold themselves.
-    top_level = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    assert len(pairs) == len(top_level)
-    assert not [layer for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    # Every BN is folded: top-level conv -> BN pairs by the graph walk, those inside GatedScaleTransfer (HRNet's
+    # fuse paths, GSTO's gated transfers) and SpatialGate (the gates) by their fold_batch_norm() protocol.
+    assert not _bn_layers(folded) and _bn_layers(model)
 
 
 def test_folded_model_is_independent_of_the_original():
@@ -212,6 +211,36 @@ def test_nested_functional_model_is_folded_and_composite_layers_may_opt_in():
     assert not _bn_layers(folded)
     x = np.random.default_rng(0).normal(size=(1, 6, 6, 4)).astype("float32")
     assert _relative(folded(x, training=False), outer(x, training=False)) < 1e-5
+
+
+@pytest.mark.parametrize("options", [
+    {"filters": 6, "scale": "down", "factor": 4, "down_method": "strided_conv"},
+    {"filters": 6, "scale": "up", "factor": 2, "activation": "relu", "gate_style": "paper"},
+    {"filters": 6, "gate": "supervised", "num_classes": 3},
+    {"filters": None, "scale": "down", "down_method": "avg_pool"},
+    {"filters": 6, "gate": None, "use_bn": False},
+])
+def test_gated_scale_transfer_and_spatial_gate_fold_themselves(options):
+    layer = GatedScaleTransfer(**options, name="gst")
+    outer = _model(lambda x: layer(x), channels=5)
+    randomize_batch_norms(outer)
+    folded = layer.fold_batch_norm()
+    assert folded is not layer and folded.built and not _bn_layers(folded)
+    assert GatedScaleTransfer.from_config(folded.get_config()).gate_batch_norm_folded
+    x = np.random.default_rng(0).normal(size=(2, 12, 16, 5)).astype("float32")
+    ref = outer(x, training=False)
+    ref, got = (tree[0] if isinstance(tree, tuple) else tree for tree in (ref, folded(x, training=False)))
+    assert _relative(got, ref) < 1e-5
+
+
+def test_class_map_gate_folds_itself():
+    gate = SpatialGate(kernel_size=3, downsample=2, name="att")
+    model = _model(lambda x: gate(x), channels=4)
+    randomize_batch_norms(model)
+    folded = gate.fold_batch_norm()
+    assert folded.batch_norm_folded and not folded.bns and all(conv.use_bias for conv in folded.convs)
+    x = np.random.default_rng(0).normal(size=(1, 17, 23, 4)).astype("float32")
+    assert _relative(folded(x), model(x, training=False)) < 1e-5
 
 
 def test_subclassed_model_is_refused():
