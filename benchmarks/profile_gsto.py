@@ -57,15 +57,16 @@ def part_of(op_name):
     return "network"
 
 
-def op_times(trace_dir):
-    """{op name: total duration in ms} of the TensorFlow ops in the profiler trace under ``trace_dir``."""
+def op_times(trace_dir, with_counts=False):
+    """{op name: total duration in ms} of the TensorFlow ops in the profiler trace under ``trace_dir``; with
+    ``with_counts`` also {op name: times executed}."""
     files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
     if len(files) != 1:
         raise RuntimeError(f"{trace_dir}: expected one *.xplane.pb profiler trace, found {len(files)}")
     space = xplane_pb2.XSpace()
     with open(files[0], "rb") as f:
         space.ParseFromString(f.read())
-    totals = collections.Counter()
+    totals, counts = collections.Counter(), collections.Counter()
     for plane in space.planes:
         for line in plane.lines:
             if not line.name.startswith("tf_Compute"):  # executor threads; the others are Eigen / Python
@@ -75,7 +76,8 @@ def op_times(trace_dir):
                 # Ops are "<node name>:<op type>"; executor and thread-pool bookkeeping events are skipped.
                 if ":" in name and not name.startswith(("ExecutorState", "ThreadpoolListener")):
                     totals[name] += event.duration_ps / 1e9
-    return totals
+                    counts[name] += 1
+    return (totals, counts) if with_counts else totals
 
 
 def profile_step(fn, steps):

@@ -59,15 +59,17 @@ def test_register_model_adds_a_name_and_refuses_a_second_builder():
 
 def test_inference_model_returns_the_final_logits_only():
     model = build("gsto_hrnet_w18_small_v1", 3)
-    infer = inference_model(model)
     x = np.random.default_rng(0).normal(size=(1, 37, 53, 3)).astype("float32")
-    single = infer(x, training=False)
-    np.testing.assert_array_equal(single.numpy(), model(x, training=False)["logits"].numpy())
+    logits = model(x, training=False)["logits"].numpy()
+    single = inference_model(model, fold_batch_norm=False)(x, training=False)
+    np.testing.assert_array_equal(single.numpy(), logits)  # a view of the same layers
     assert single.shape == (1, 10, 14, 3)
+    folded = inference_model(model)(x, training=False)  # default: BatchNorm folded, same function up to rounding
+    np.testing.assert_allclose(folded.numpy(), logits, rtol=1e-4, atol=1e-5 * np.abs(logits).max())
 
 
 def test_inference_model_is_idempotent():
     from gsto_tf.models import build, inference_model
 
-    infer = inference_model(build("hrnetv2_w18_small_v1", 3))
-    assert inference_model(infer) is infer and infer.output.shape[-1] == 3
+    infer = inference_model(build("hrnetv2_w18_small_v1", 3), fold_batch_norm=False)
+    assert inference_model(infer, fold_batch_norm=False) is infer and infer.output.shape[-1] == 3

@@ -63,3 +63,10 @@ def parse_size(text):
     if height <= 0 or width <= 0:
         raise argparse.ArgumentTypeError(f"expected HxW with positive integers (e.g. 1024x2048), got {text!r}")
     return height, width
+
+
+def add_fold_batch_norm_argument(parser):
+    """``--no-fold-batch-norm`` (``args.fold_batch_norm``, default True) of the inference commands."""
+    parser.add_argument("--no-fold-batch-norm", dest="fold_batch_norm", action="store_false",
+                        help="keep BatchNorm as separate ops (default: folded into the preceding convolutions: the "
+                        "same outputs with fewer ops, see docs/precision.md)")

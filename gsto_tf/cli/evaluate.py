@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from gsto_tf.atomic import save_png
-from gsto_tf.cli.common import UsageError, parse_size
+from gsto_tf.cli.common import UsageError, add_fold_batch_norm_argument, parse_size
 from gsto_tf.data import DatasetError, build_eval_dataset, get_dataset_spec, resolve_data_dir
 from gsto_tf.evaluation import evaluate, test_setting
 from gsto_tf.models import CheckpointError, inference_model, load_checkpoint
@@ -27,6 +27,7 @@ def add_arguments(parser):
     parser.add_argument("--limit", type=int, help="first N images only")
     parser.add_argument("--run-dir", default=None, help="where metrics JSON/CSV go (default: beside the checkpoint)")
     parser.add_argument("--submission-dir", help="also write Cityscapes test-server PNGs (label ids) here")
+    add_fold_batch_norm_argument(parser)
 
 
 def _setting(args, spec_name):
@@ -68,7 +69,7 @@ def main(args):
         raise UsageError(f"eval: {exc}") from exc
     if report is not None:
         print(report.summary())
-    model = inference_model(model)
+    model = inference_model(model, fold_batch_norm=args.fold_batch_norm)
     published = _setting(args, spec.name)
     settings = [published.single_scale()] if args.ss else [published]
     if args.both and not args.ss and published != published.single_scale():

@@ -1,6 +1,6 @@
 """`gsto-tf export`: SavedModel (serving signatures) or TFLite (fp32 / fp16 / dynamic / int8) with a parity report."""
 
-from gsto_tf.cli.common import UsageError, native_info_hidden, parse_size
+from gsto_tf.cli.common import UsageError, add_fold_batch_norm_argument, native_info_hidden, parse_size
 from gsto_tf.data import DatasetError, build_eval_dataset, get_dataset_spec, resolve_data_dir
 from gsto_tf.export import (
     DEFAULT_MAX_PIXELS,
@@ -30,6 +30,7 @@ def add_arguments(parser):
                         "built-in synthetic set); when given, the checkpoint must predict its classes")
     parser.add_argument("--data-dir")
     parser.add_argument("--num-images", type=int, default=8, help="images for calibration / parity")
+    add_fold_batch_norm_argument(parser)
 
 
 def tflite_size(text):
@@ -60,7 +61,8 @@ def main(args):
         raise UsageError(f"export: {exc}") from exc
     if args.format == "saved_model":
         try:
-            path = export_saved_model(model, args.output, overwrite=args.overwrite, max_pixels=args.max_pixels)
+            path = export_saved_model(model, args.output, overwrite=args.overwrite, max_pixels=args.max_pixels,
+                                      fold_batch_norm=args.fold_batch_norm)
         except (FileExistsError, ValueError) as exc:
             raise UsageError(str(exc)) from exc
         cap = f"at most {args.max_pixels} pixels per request" if args.max_pixels else "no pixel cap"
@@ -74,7 +76,8 @@ def main(args):
         raise UsageError(f"export: {exc}") from exc
     try:
         path = export_tflite(model, args.output, size, args.quantize, overwrite=args.overwrite,
-                             representative_images=images if args.quantize == "int8" else None)
+                             representative_images=images if args.quantize == "int8" else None,
+                             fold_batch_norm=args.fold_batch_norm)
     except FileExistsError as exc:
         raise UsageError(str(exc)) from exc
     with native_info_hidden():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate"

@@ -1,6 +1,6 @@
 """`gsto-tf predict`: label PNGs and colour overlays for an image, a folder or a glob."""
 
-from gsto_tf.cli.common import UsageError
+from gsto_tf.cli.common import UsageError, add_fold_batch_norm_argument
 from gsto_tf.data import get_dataset_spec
 from gsto_tf.evaluation.predict import expand_inputs, predict_files
 from gsto_tf.evaluation.settings import test_setting
@@ -15,6 +15,7 @@ def add_arguments(parser):
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--opacity", type=float, default=0.5, help="overlay opacity in [0, 1]")
     parser.add_argument("--ms", action="store_true", help="use the dataset's published multi-scale + flip setting")
+    add_fold_batch_norm_argument(parser)
 
 
 def main(args):
@@ -27,7 +28,8 @@ def main(args):
         raise UsageError(str(exc)) from exc
     setting = test_setting(spec.name) if args.ms else test_setting(spec.name).single_scale()
     try:
-        written = predict_files(inference_model(model), paths, args.output, spec.palette, setting=setting,
+        infer = inference_model(model, fold_batch_norm=args.fold_batch_norm)
+        written = predict_files(infer, paths, args.output, spec.palette, setting=setting,
                                 opacity=args.opacity, flip_pairs=spec.flip_pairs)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc

@@ -33,9 +33,9 @@ DEFAULT_MAX_PIXELS = 4 * 1024 * 2048
 
 
 class SegmentationServingModule(tf.Module):
-    def __init__(self, model, max_pixels=DEFAULT_MAX_PIXELS):
+    def __init__(self, model, max_pixels=DEFAULT_MAX_PIXELS, fold_batch_norm=True):
         super().__init__(name="gsto_tf_serving")
-        self.model = inference_model(model)
+        self.model = inference_model(model, fold_batch_norm=fold_batch_norm)
         if max_pixels is None or int(max_pixels) < 0:
             raise ValueError(f"max_pixels must be a non-negative int (0 = no cap), got {max_pixels!r}")
         self.max_pixels = tf.Variable(int(max_pixels), dtype=tf.int64, trainable=False, name="max_pixels")
@@ -80,15 +80,17 @@ class SegmentationServingModule(tf.Module):
         return self._predict(self._checked(images))
 
 
-def export_saved_model(model, path, overwrite=False, max_pixels=DEFAULT_MAX_PIXELS):
+def export_saved_model(model, path, overwrite=False, max_pixels=DEFAULT_MAX_PIXELS, fold_batch_norm=True):
     """Export ``model`` (a gsto_tf model or any Keras model with one logits output) to ``path``; requests of more
-    than ``max_pixels`` pixels (N x H x W, 0 = no cap) are refused by the signatures."""
+    than ``max_pixels`` pixels (N x H x W, 0 = no cap) are refused by the signatures. ``fold_batch_norm``: export
+    the graph with BatchNorm folded into the convolutions (:mod:`gsto_tf.models.folding`; same outputs, fewer
+    ops)."""
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"export: {path} exists (pass overwrite=True / --overwrite to replace it)")
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    module = SegmentationServingModule(model, max_pixels)
+    module = SegmentationServingModule(model, max_pixels, fold_batch_norm)
     tmp = make_temp_dir(parent, ".export-")
     try:
         tf.saved_model.save(module, tmp, signatures={

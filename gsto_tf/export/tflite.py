@@ -29,12 +29,16 @@ from gsto_tf.models import inference_model
 QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8")
 
 
-def convert_to_tflite(model, input_size, quantize="none", representative_images=None):
-    """Return the bytes of a TFLite flatbuffer for ``model`` at ``input_size`` = (H, W), or any size if ``None``."""
+def convert_to_tflite(model, input_size, quantize="none", representative_images=None, fold_batch_norm=True):
+    """Return the bytes of a TFLite flatbuffer for ``model`` at ``input_size`` = (H, W), or any size if ``None``.
+
+    ``fold_batch_norm``: convert the graph with BatchNorm already folded into the convolutions
+    (:mod:`gsto_tf.models.folding`); the converter folds the BNs it can match itself, so the file is the same up to
+    float rounding either way."""
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
     h, w = (None, None) if input_size is None else (int(v) for v in input_size)
-    infer = inference_model(model)
+    infer = inference_model(model, fold_batch_norm=fold_batch_norm)
 
     @tf.function(input_signature=[tf.TensorSpec([1, h, w, 3], tf.float32, name="image")])
     def logits(image):
@@ -68,12 +72,13 @@ def convert_to_tflite(model, input_size, quantize="none", representative_images=
     return converter.convert()
 
 
-def export_tflite(model, path, input_size, quantize="none", representative_images=None, overwrite=False):
+def export_tflite(model, path, input_size, quantize="none", representative_images=None, overwrite=False,
+                  fold_batch_norm=True):
     """Convert and write atomically; returns the path. ``input_size=None`` exports a dynamic-size model. An
-    existing file is replaced only with ``overwrite=True``."""
+    existing file is replaced only with ``overwrite=True``. ``fold_batch_norm``: see :func:`convert_to_tflite`."""
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"export: {os.fspath(path)} exists (pass overwrite=True / --overwrite to replace it)")
-    data = convert_to_tflite(model, input_size, quantize, representative_images)
+    data = convert_to_tflite(model, input_size, quantize, representative_images, fold_batch_norm)
 
     def write(tmp):
         with open(tmp, "wb") as f:
@@ -184,7 +189,7 @@ class ParityReport:
 
 def parity_report(model, runner, images, quantize="none"):
     """Compare the Keras model and a TFLite runner on normalised images [H, W, 3]."""
-    infer = inference_model(model)
+    infer = inference_model(model, fold_batch_norm=False)  # the reference: the model as trained
     diffs, refs, agree, total = [], [], 0, 0
     for image in images:
         ref = np.asarray(infer(np.asarray(image, np.float32)[None], training=False), np.float32)

@@ -64,6 +64,8 @@ class GatedScaleTransfer(keras.layers.Layer):
             step ``k`` of ``"strided_conv"`` is ``{transform_key}.{k}.0`` / ``.1`` (HRNet's ``fuse_layers`` keys).
         resize_class_scores: bilinearly resize given ``class_scores`` to ``x``'s size (default); ``False`` when the
             caller passes them at ``x``'s size already (no resize op in the graph).
+        gate_batch_norm_folded: the gate's BNs are folded into its convs (inference only; see
+            :meth:`fold_batch_norm`, which also folds the transform's BNs: ``use_bn=False`` with conv biases).
 
     Call: ``layer(x, reference=None, class_scores=None, return_gate=False, training=None)``.
     Given ``class_scores`` are bilinearly resized to ``x``'s size, unless ``resize_class_scores=False`` or the gate
@@ -90,6 +92,7 @@ class GatedScaleTransfer(keras.layers.Layer):
         gate_key=None,
         transform_key=None,
         resize_class_scores=True,
+        gate_batch_norm_folded=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -141,13 +144,15 @@ class GatedScaleTransfer(keras.layers.Layer):
         self.gate_key = gate_key
         self.transform_key = transform_key
         self.resize_class_scores = bool(resize_class_scores)
+        self.gate_batch_norm_folded = bool(gate_batch_norm_folded)
 
         policy = self.dtype_policy
         self.gate_layer = None
         self.class_score_layer = None
         if gate is not None:
             self.gate_layer = SpatialGate(gate_style, sync_batchnorm=sync_batchnorm, kernel_size=gate_kernel_size,
-                                          downsample=gate_downsample, dtype=policy, name="gate")
+                                          downsample=gate_downsample, batch_norm_folded=gate_batch_norm_folded,
+                                          dtype=policy, name="gate")
         if gate == "supervised" and self.num_classes is not None:
             # Predicts the class-score map P that drives the gate (eq. 5); returned so a loss can supervise it.
             self.class_score_layer = keras.layers.Conv2D(self.num_classes, 1, dtype=policy, name="class_scores")
@@ -302,6 +307,26 @@ class GatedScaleTransfer(keras.layers.Layer):
             outputs.append(gate if gate is not None else keras.ops.ones_like(x[..., :1]))
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
+    def fold_batch_norm(self):
+        """An equivalent new layer for inference with every BN (transform and gate) folded into its conv, weights
+        set: the ``fold_batch_norm()`` protocol of :mod:`gsto_tf.models.folding`. The transform convs get biases
+        (``use_bn=False``); the ReLUs between strided steps and the activation stay."""
+        from gsto_tf.models.folding import folded_conv_weights  # gsto_tf.models imports this module
+
+        folded = GatedScaleTransfer.from_config({**self.get_config(), "use_bn": False, "gate_batch_norm_folded": True})
+        folded.build(**self._build_shapes_dict)
+        if self.gate_layer is not None:
+            folded.gate_layer.load_folded_weights(self.gate_layer)
+        if self.class_score_layer is not None:
+            folded.class_score_layer.set_weights(self.class_score_layer.get_weights())
+        for (_, conv, bn), (_, new_conv, _) in zip(self.steps, folded.steps):
+            if bn is not None:
+                kernel, bias = folded_conv_weights(conv, bn)
+                new_conv.set_weights([kernel, bias])
+            else:
+                new_conv.set_weights(conv.get_weights())
+        return folded
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -321,6 +346,7 @@ class GatedScaleTransfer(keras.layers.Layer):
                 "gate_key": self.gate_key,
                 "transform_key": self.transform_key,
                 "resize_class_scores": self.resize_class_scores,
+                "gate_batch_norm_folded": self.gate_batch_norm_folded,
             }
         )
         return config

@@ -37,9 +37,12 @@ class SpatialGate(keras.layers.Layer):
         kernel_size: 1 (default; the fusion gates) or 3 (the class-map gates, official style only).
         downsample: number of extra ``conv3x3 stride 2 - BN - ReLU`` steps (``kernel_size=3`` only); the gate is
             ``2**downsample`` times smaller than its input (PyTorch arithmetic ``floor((n - 1) / 2) + 1`` per step).
+        batch_norm_folded: official style for inference only: every BN folded into its conv (conv with bias,
+            no BN layer); made by :meth:`fold_batch_norm`.
     """
 
-    def __init__(self, style="official", sync_batchnorm=False, kernel_size=1, downsample=0, **kwargs):
+    def __init__(self, style="official", sync_batchnorm=False, kernel_size=1, downsample=0, batch_norm_folded=False,
+                 **kwargs):
         super().__init__(**kwargs)
         if style not in GATE_STYLES:
             raise ValueError(f"SpatialGate: `style` must be one of {GATE_STYLES}, got {style!r}.")
@@ -56,6 +59,7 @@ class SpatialGate(keras.layers.Layer):
         self.sync_batchnorm = bool(sync_batchnorm)
         self.kernel_size = int(kernel_size)
         self.downsample = int(downsample)
+        self.batch_norm_folded = bool(batch_norm_folded) and style == "official"
         policy = self.dtype_policy
         prefixes = [""] if self.kernel_size == 1 else [f"{n}." for n in range(self.downsample + 1)]
         self.pads, self.convs, self.bns = [], [], []
@@ -64,8 +68,8 @@ class SpatialGate(keras.layers.Layer):
                 self.pads.append(keras.layers.ZeroPadding2D(1, dtype=policy, name=f"{prefix}pad"))
             self.convs.append(keras.layers.Conv2D(
                 1, self.kernel_size, strides=2 if n else 1, padding="valid" if n else "same",
-                use_bias=(style == "paper"), dtype=policy, name=f"{prefix}0"))
-            if style == "official":
+                use_bias=(style == "paper" or self.batch_norm_folded), dtype=policy, name=f"{prefix}0"))
+            if style == "official" and not self.batch_norm_folded:
                 self.bns.append(FusedBatchNormalization(
                     momentum=0.99, epsilon=1e-5, synchronized=self.sync_batchnorm, dtype=policy, name=f"{prefix}1"))
         self.conv = self.convs[0]
@@ -89,8 +93,32 @@ class SpatialGate(keras.layers.Layer):
                 g = self.pads[n - 1](g)
             g = conv(g)
             if self.bns:
-                g = keras.ops.relu(self.bns[n](g, training=training))
+                g = self.bns[n](g, training=training)
+            if self.style == "official":
+                g = keras.ops.relu(g)
         return keras.ops.sigmoid(g)
+
+    def fold_batch_norm(self):
+        """An equivalent new gate for inference with every BN folded into its conv (weights set): the
+        ``fold_batch_norm()`` protocol of :mod:`gsto_tf.models.folding`."""
+        folded = SpatialGate.from_config({**self.get_config(), "batch_norm_folded": True})
+        folded.build((None, None, None, int(self.convs[0].kernel.shape[-2])))
+        folded.load_folded_weights(self)
+        return folded
+
+    def load_folded_weights(self, source):
+        """Set this (folded) gate's conv weights from ``source``, the same gate with BN layers (or without)."""
+        from gsto_tf.models.folding import folded_conv_weights  # gsto_tf.models imports this module
+
+        for n, conv in enumerate(self.convs):
+            src = source.convs[n]
+            if source.bns:
+                kernel, bias = folded_conv_weights(src, source.bns[n])
+            else:
+                kernel, bias = src.kernel.numpy(), src.bias.numpy() if src.use_bias else None
+            conv.kernel.assign(kernel)
+            if conv.use_bias:
+                conv.bias.assign(bias if bias is not None else 0 * conv.bias.numpy())
 
     def compute_output_shape(self, input_shape):
         shape = tuple(input_shape[:-1]) + (1,)
@@ -101,5 +129,5 @@ class SpatialGate(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"style": self.style, "sync_batchnorm": self.sync_batchnorm, "kernel_size": self.kernel_size,
-                       "downsample": self.downsample})
+                       "downsample": self.downsample, "batch_norm_folded": self.batch_norm_folded})
         return config

@@ -509,7 +509,7 @@ def model_num_classes(model):
     from gsto_tf.models.factory import inference_model
 
     try:
-        return int(inference_model(model).output.shape[-1])
+        return int(inference_model(model, fold_batch_norm=False).output.shape[-1])
     except (AttributeError, ValueError, TypeError):  # a subclassed model that was never called symbolically
         return None
 

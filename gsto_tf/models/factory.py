@@ -80,11 +80,20 @@ def _default_dtype(dtype):
         keras.config.set_dtype_policy(previous_policy)
 
 
-def inference_model(model):
-    """A model with the same input and one tensor output: the final logits (for evaluation and export).
+def inference_model(model, fold_batch_norm=True):
+    """A model with the same input and one tensor output: the final logits (for evaluation, prediction and export).
 
-    Idempotent: a model whose output already is one tensor is returned as it is.
+    ``fold_batch_norm`` (default): BatchNorm folded into the preceding convolutions
+    (:func:`gsto_tf.models.folding.fold_batch_norm`): the same function with fewer ops, for inference only, and a
+    model independent of ``model``'s variables (copied weights). ``False``: a view of ``model`` sharing its layers
+    (cheap to build: use it where only the output's shape matters, or to keep training the same weights);
+    idempotent: a model whose output already is one tensor is returned as it is.
     """
-    if not isinstance(model.output, (dict, list, tuple)):
-        return model
-    return keras.Model(model.input, out_names.final_logits(model.output), name=f"{model.name}_inference")
+    logits = model
+    if isinstance(model.output, (dict, list, tuple)):
+        logits = keras.Model(model.input, out_names.final_logits(model.output), name=f"{model.name}_inference")
+    if not fold_batch_norm:
+        return logits
+    from gsto_tf.models.folding import fold_batch_norm as fold
+
+    return fold(logits, name=logits.name)
