@@ -38,7 +38,7 @@ def build_variants(model, size, workdir, num_calibration, threads, failed, deleg
     """name -> zero-argument callable running one batch-1 inference to a numpy result."""
     image = tf.random.normal((1, *size, 3), seed=0)
     image_np = image.numpy()
-    infer = inference_model(model) if isinstance(model.output, dict) else model
+    infer = inference_model(model, fold_batch_norm=False)  # the model as trained (inference_model is idempotent)
     keras_fn = tf.function(lambda x: infer(x, training=False))
     variants = {"keras": lambda: keras_fn(image).numpy()}
     serving = tf.saved_model.load(export_saved_model(model, os.path.join(workdir, "saved_model")))

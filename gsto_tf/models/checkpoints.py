@@ -337,31 +337,24 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _weight_layers(layer, prefix=""):
+def _weight_layers(layer, prefix="", path=None):
     """Yield (torch module path, leaf layer) for every weight-bearing leaf layer.
 
-    A layer's path is its parent's path plus its name; a composite layer with a ``checkpoint_sublayers()`` method
-    (e.g. :class:`~gsto_tf.layers.GatedScaleTransfer`) names its sublayers' paths itself (relative to its parent).
+    A layer's path is its parent's path (``prefix``) plus its name, unless ``path`` places it; a composite layer with
+    a ``checkpoint_sublayers()`` method (e.g. :class:`~gsto_tf.layers.GatedScaleTransfer`) places its sublayers
+    itself, at keys relative to its parent.
     """
-    path = f"{prefix}.{layer.name}" if prefix else layer.name
+    if path is None:
+        path = f"{prefix}.{layer.name}" if prefix else layer.name
     if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense, keras.layers.BatchNormalization)):
         yield path, layer
         return
     if hasattr(layer, "checkpoint_sublayers"):
         for key, sublayer in layer.checkpoint_sublayers().items():
-            yield from _weight_layers_at(sublayer, f"{prefix}.{key}" if prefix else key)
+            yield from _weight_layers(sublayer, path=f"{prefix}.{key}" if prefix else key)
         return
     children = layer.layers if isinstance(layer, keras.Model) else getattr(layer, "_layers", [])
     for child in children:
-        yield from _weight_layers(child, path)
-
-
-def _weight_layers_at(layer, path):
-    """(torch module path, leaf) pairs of ``layer`` placed at ``path`` (its own name not appended)."""
-    if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense, keras.layers.BatchNormalization)):
-        yield path, layer
-        return
-    for child in getattr(layer, "_layers", []):
         yield from _weight_layers(child, path)
 
 
