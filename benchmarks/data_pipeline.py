@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Training-pipeline throughput (images/s) vs what a w18_small_v2 training step consumes, on this machine.
 
-Two cases: Cityscapes-sized 1024x2048 PNGs (a few fake ones written in the real layout into a temp folder;
-crop 512x1024, the Cityscapes recipe's scale range) and the built-in synthetic set (its spec's crop). For each the
+Cases: Cityscapes-sized 1024x2048 PNGs (a few fake ones written in the real layout into a temp folder;
+crop 512x1024, the Cityscapes recipe's scale range), the built-in synthetic set (its card's crop) and, with
+``--camvid-dir``, real CamVid photographs at the camvid card's recipe (crop 360x480, batch 8, scales 0.5-2 of the
+480-pixel side) as they lie there (JPEG) and re-encoded as PNG (the original download's format). For each the
 full `build_train_dataset` pipeline (parallel decode, label mapping, random scale, pad, crop, flip, batch,
 prefetch) is timed after a warm-up, and, when the model is available, one `hrnetv2_w18_small_v2` SGD step on the
 same batch size. Target: pipeline >= 3x the model's images/s. Prints a table, writes benchmarks/results/
 data_pipeline.csv.
 
-    python benchmarks/data_pipeline.py [--batches 8] [--no-model]
+    python benchmarks/data_pipeline.py [--batches 8] [--no-model] [--camvid-dir path/to/CamVid]
 """
 
 import argparse
@@ -22,7 +24,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from gsto_tf.data import build_train_dataset, ensure_synthetic, get_dataset_spec  # noqa: E402
+from gsto_tf.data import augmentation, build_train_dataset, ensure_synthetic, get_dataset_spec  # noqa: E402
 from gsto_tf.data.synthetic import generate_sample  # noqa: E402
 from gsto_tf.tables import write_csv  # noqa: E402
 
@@ -41,6 +43,19 @@ def write_fake_cityscapes(root, n=6):
             folder = os.path.join(root, sub, "train", "bench")
             os.makedirs(folder, exist_ok=True)
             im.save(os.path.join(folder, f"{stem}_{suffix}.png"))
+    return root
+
+
+def camvid_as_png(camvid_dir, root, n=48):
+    """The first ``n`` CamVid train pairs with the images re-encoded as PNG, in the same folders."""
+    images = sorted(os.listdir(os.path.join(camvid_dir, "train")))[:n]
+    for folder in ("train", "trainannot"):
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+    for name in images:
+        stem = os.path.splitext(name)[0]
+        Image.open(os.path.join(camvid_dir, "train", name)).save(os.path.join(root, "train", stem + ".png"))
+        Image.open(os.path.join(camvid_dir, "trainannot", stem + ".png")).save(
+            os.path.join(root, "trainannot", stem + ".png"))
     return root
 
 
@@ -87,6 +102,7 @@ def main():
     parser.add_argument("--batches", type=int, default=8, help="timed batches per pipeline case")
     parser.add_argument("--model-steps", type=int, default=2)
     parser.add_argument("--no-model", action="store_true", help="pipeline figures only")
+    parser.add_argument("--camvid-dir", help="CamVid root (train/, trainannot/): adds the real-photograph cases")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                       "data_pipeline.csv"))
     args = parser.parse_args()
@@ -94,9 +110,13 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         cases = [
             ("cityscapes 1024x2048", "cityscapes", write_fake_cityscapes(os.path.join(tmp, "cs")), 2, (512, 1024)),
-            ("synthetic", "synthetic", ensure_synthetic(os.path.join(tmp, "syn")), 8,
-             get_dataset_spec("synthetic").crop_size),
+            ("synthetic", "synthetic", ensure_synthetic(os.path.join(tmp, "syn")), 8, augmentation("synthetic")[0]),
         ]
+        if args.camvid_dir:
+            batch = get_dataset_spec("camvid").recipe["train"]["global_batch_size"]
+            cases += [("camvid jpeg 360x480", "camvid", args.camvid_dir, batch, augmentation("camvid")[0]),
+                      ("camvid png 360x480", "camvid", camvid_as_png(args.camvid_dir, os.path.join(tmp, "cv")),
+                       batch, augmentation("camvid")[0])]
         for label, name, root, batch, crop in cases:
             pipe = time_pipeline(name, root, batch, tuple(crop), args.batches)
             model = None

@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from gsto_tf.training.config import RECIPES, make_config, parse_set
+from gsto_tf.data import get_dataset_spec
+from gsto_tf.training.config import make_config, parse_set
 
 
 def test_recipes_reproduce_published_iterations():
@@ -20,7 +21,7 @@ def test_precedence_recipe_yaml_flags_set(tmp_path):
     path.write_text(yaml.safe_dump({"train": {"lr": 0.5, "seed": 7}, "data": {"crop_size": [64, 64]}}))
     c = make_config("synthetic", str(path), {"train": {"seed": 9}}, ["train.lr=0.25", "eval.single_scale=true"])
     assert (c.train.lr, c.train.seed, c.data.crop_size, c.eval.single_scale) == (0.25, 9, [64, 64], True)
-    assert c.model.name == RECIPES["synthetic"]["model"]["name"]
+    assert c.model.name == get_dataset_spec("synthetic").recipe["model"]["name"] == "gsto_hrnet_w18_small_v2"
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -30,7 +31,7 @@ def test_config_errors_name_the_key(tmp_path):
         parse_set(["lr=1"])
     with pytest.raises(ValueError, match="file not found"):
         make_config("synthetic", str(tmp_path / "missing.yaml"))
-    with pytest.raises(ValueError, match="no recipe for dataset 'ade20k'"):
+    with pytest.raises(ValueError, match="unknown dataset 'ade20k'; built-in: camvid, cityscapes"):
         make_config("ade20k")
 
 

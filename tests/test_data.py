@@ -40,9 +40,9 @@ def test_pascal_context_59_vs_60():
 
 
 def test_unknown_dataset_lists_names():
-    with pytest.raises(ValueError, match="valid names: .*cityscapes.*lip"):
+    with pytest.raises(ValueError, match="built-in: .*cityscapes.*lip.*or the path of a dataset card"):
         get_dataset_spec("ade20k")
-    assert {"cityscapes", "pascal_context", "pascal_context_60", "lip", "synthetic"} <= set(available_datasets())
+    assert {"camvid", "cityscapes", "pascal_context", "pascal_context_60", "lip", "synthetic"} == set(available_datasets())
 
 
 def test_missing_folder_shows_layout_and_source(tmp_path):
@@ -76,7 +76,7 @@ def test_label_of_other_size_and_bad_values_name_the_file(tmp_path):
                                            r"from image size \(20, 30\) of .*aachen_000002_000019_leftImg8bit.png$"):
         list(read_checked(build_eval_dataset("cityscapes", root)))
     pc = tiny_pascal_context(str(tmp_path / "pc"), max_label=80)  # 60..80 are not classes
-    with pytest.raises(DatasetError, match=r"2008_00000\d.png: label values \[60 .*\] are neither a class nor ig"):
+    with pytest.raises(DatasetError, match=r"2008_00000\d.png: label values \[60 .*\] are neither a class nor v"):
         list(read_checked(build_eval_dataset("pascal_context", pc)))
 
 

@@ -46,7 +46,7 @@ BAD_LABELS = {
     "jpeg_named_png": (lambda p, ids: _save(p, ids, format="JPEG"), r"found JPEG data"),
     "truncated": (_truncated, r"truncated label PNG \(no IEND chunk at its end\)"),
     "unknown_values": (lambda p, ids: write_png(p, np.where(ids == 3, 77, ids).astype(np.uint8)),
-                       r"label values \[77\] are neither a class nor ignore"),
+                       r"label values \[77\] are neither a class nor void"),
 }
 
 
@@ -134,7 +134,7 @@ def test_cityscapes_values_and_train_id_files_are_caught(tmp_path):
     label = f"{root}/gtFine/val/aachen/aachen_000000_000019_gtFine_labelIds.png"
     raw = np.asarray(Image.open(label))
     write_png(label, np.where(raw == 7, 40, raw).astype(np.uint8))  # 40 is no Cityscapes labelId
-    with pytest.raises(DatasetError, match=r"label values \[40\] are neither a class nor ignore$"):
+    with pytest.raises(DatasetError, match=r"label values \[40\] are neither a class nor void$"):
         list(read_checked(build_eval_dataset("cityscapes", root)))
     # a train-id file (0..18, void = 255) where labelIds are expected: 255 is no labelId
     write_png(label, get_dataset_spec("cityscapes").map_labels(raw).astype(np.uint8))

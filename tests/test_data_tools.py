@@ -93,7 +93,7 @@ def test_verify_reports_every_bad_file_and_counts(tmp_path, capsys):
     write_png(f"{lip}/TrainVal_parsing_annotations/val_segmentations/0001.png", np.full((16, 24), 42, np.uint8))
     (report,) = verify_dataset("lip", lip, ["val"])
     assert report.problems == [(f"{lip}/TrainVal_parsing_annotations/val_segmentations/0001.png",
-                                "label values [42] are neither a class nor ignore")]
+                                "label values [42] are neither a class nor void")]
 
 
 def test_verify_missing_folder_shows_layout(tmp_path, capsys):

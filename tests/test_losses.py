@@ -5,7 +5,8 @@ import tensorflow as tf
 
 from gsto_tf.layers import resize_bilinear
 from gsto_tf.models.outputs import AUX_LOSS_WEIGHTS
-from gsto_tf.training import CITYSCAPES_CLASS_WEIGHTS, SegmentationLoss, TorchSGD, poly_schedule
+from gsto_tf.data import get_dataset_spec
+from gsto_tf.training import SegmentationLoss, TorchSGD, poly_schedule
 
 
 def _ce(logits, labels):
@@ -132,7 +133,8 @@ def test_aux_outputs_weighted_in_compile():
 
 
 def test_cityscapes_weights_and_bad_weights():
-    assert len(CITYSCAPES_CLASS_WEIGHTS) == 19
+    weights = get_dataset_spec("cityscapes").class_weights  # HRNet's datasets/cityscapes.py, train-id order
+    assert len(weights) == 19 and weights[0] == 0.8373 and weights[-1] == 1.0507
     with pytest.raises(ValueError, match="class_weights has 3 entries, expected 5"):
         SegmentationLoss(5, class_weights=[1, 1, 1])
 

@@ -1,10 +1,14 @@
 #!/usr/bin/env python
-"""The README figure: predictions and three gate maps of the main job's GSTO-HRNet on built-in validation images.
+"""The README figure: predictions and three gate maps of a GSTO-HRNet on validation images of a dataset.
+
+    python experiments/study_camvid.py --data-dir /data/CamVid --out runs/study_camvid   # real photographs
+    python docs/images/make_readme_figure.py --dataset camvid --data-dir /data/CamVid \
+        --checkpoint runs/study_camvid/gsto_hrnet_seed0/checkpoints/final.keras --output docs/images/camvid_gates.png
 
     python experiments/run.py --run-dir runs/main                      # the Quick start's main job
     python docs/images/make_readme_figure.py --checkpoint runs/main/checkpoints/final.keras
 
-Writes docs/images/gsto_gates.png (kept under 300 KB: small panels, 100 dpi).
+Writes docs/images/gsto_gates.png by default (kept under 300 KB: small panels, 100 dpi).
 """
 
 import argparse
@@ -33,17 +37,19 @@ GATES = (("stage3.0.att_layers.2.0", "fusion gate\nstride 4 -> 16"),
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--dataset", default="synthetic", help="built-in name or card file (default: synthetic)")
+    parser.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
     parser.add_argument("--indices", type=int, nargs="+", default=[3, 0], help="validation images (rows)")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                          "gsto_gates.png"))
     args = parser.parse_args(argv)
 
-    spec = get_dataset_spec("synthetic")
+    spec = get_dataset_spec(args.dataset)
     model, _ = load_checkpoint(args.checkpoint, num_classes=spec.num_classes)
-    predictor = Predictor.from_setting(inference_model(model), test_setting(spec.name).single_scale(),
+    predictor = Predictor.from_setting(inference_model(model), test_setting(spec).single_scale(),
                                        spec.flip_pairs)
     gates = gate_model(model)
-    samples = list(build_eval_dataset(spec.name, resolve_data_dir(spec.name, None)))
+    samples = list(build_eval_dataset(spec, resolve_data_dir(spec, args.data_dir)).take(max(args.indices) + 1))
 
     cols = 3 + len(GATES)
     fig, axes = plt.subplots(len(args.indices), cols, figsize=(2.3 * cols, 1.2 * len(args.indices) + 0.8),
@@ -64,7 +70,8 @@ def main(argv=None):
     fig.colorbar(shown, ax=axes[:, 3:].ravel().tolist(), shrink=0.8, label="gate value")
     handles = [matplotlib.patches.Patch(color=np.asarray(c) / 255.0, label=n)
                for n, c in zip(spec.class_names, spec.palette)]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, -0.02 * (len(handles) // 7)))
     try:
         write_atomically(args.output, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
     finally:

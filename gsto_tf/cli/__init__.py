@@ -84,7 +84,8 @@ def catalogue(prog):
     models = [", ".join(names) if len(names) <= 8 else f"{family}_*: {len(names)} models, {names[0]} ... {names[-1]}"
               for family, names in families.items()]
     return "\n".join([
-        f"datasets (--dataset; `{prog} data verify` checks one on disk):", wrap(", ".join(available_datasets())), "",
+        f"datasets (--dataset NAME, or the path of your own dataset card .yaml, docs/data.md; `{prog} data verify` "
+        "checks one on disk):", wrap(", ".join(available_datasets())), "",
         f"models (--model; every name: `{prog} --list-models`; params / GFLOPs: `{prog} counts --all`):",
         *map(wrap, models), "",
         f"`{prog} COMMAND --help` gives a command's options. {VERBOSE} and {DEBUG} may stand anywhere on the line; "

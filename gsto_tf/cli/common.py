@@ -53,6 +53,25 @@ def native_info_hidden():
         os.close(terminal)
 
 
+def add_dataset_argument(parser, default="synthetic", help=None):
+    """``--dataset NAME|CARD.yaml`` of every command that reads a dataset's facts."""
+    from gsto_tf.data import available_datasets
+
+    text = (f"a built-in dataset ({', '.join(available_datasets())}) or the path of a dataset card .yaml "
+            "(docs/data.md)" + (f"; default: {default}" if default else ""))
+    parser.add_argument("--dataset", default=default, metavar="NAME|CARD", help=f"{help}: {text}" if help else text)
+
+
+def dataset_spec(dataset):
+    """The DatasetSpec of ``--dataset``; an unknown name or a bad card is a UsageError naming it."""
+    from gsto_tf.data import get_dataset_spec
+
+    try:
+        return get_dataset_spec(dataset)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def parse_size(text):
     """``"HxW"`` -> ``(H, W)``, both positive integers. Meant as an argparse ``type=``: argparse then names the
     argument in the error (``argument --input-size: expected HxW ...``)."""

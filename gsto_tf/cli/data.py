@@ -1,24 +1,30 @@
-"""`gsto-tf data verify|browse|prepare`: check a dataset on disk, look at augmented samples, convert formats."""
+"""`gsto-tf data verify|stats|browse|prepare`: check a dataset on disk, class statistics and weights, look at
+augmented samples, convert formats."""
 
 import math
 
 import numpy as np
 
 from gsto_tf.atomic import save_png
-from gsto_tf.cli.common import parse_size
-from gsto_tf.data import available_datasets, get_dataset_spec, resolve_data_dir
+from gsto_tf.cli.common import add_dataset_argument, dataset_spec, parse_size
+from gsto_tf.data import resolve_data_dir
 
 
 def add_arguments(parser):
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     verify = sub.add_parser("verify", help="check every file of each split; report bad files and counts")
-    verify.add_argument("--dataset", default="synthetic", choices=available_datasets())
-    verify.add_argument("--data-dir")
+    add_dataset_argument(verify)
+    verify.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
     verify.add_argument("--split", action="append", help="split(s) to check (default: train and val)")
     verify.add_argument("--limit", type=int, help="check only the first N samples of each split")
+    stats = sub.add_parser("stats", help="class pixel frequencies and median-frequency class weights of a split")
+    add_dataset_argument(stats)
+    stats.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
+    stats.add_argument("--split", default="train", help="split to count (default: train)")
+    stats.add_argument("--limit", type=int, help="count only the first N samples")
     browse = sub.add_parser("browse", help="write a PNG grid of augmented training samples with label overlays")
-    browse.add_argument("--dataset", default="synthetic", choices=available_datasets())
-    browse.add_argument("--data-dir")
+    add_dataset_argument(browse)
+    browse.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
     browse.add_argument("--split", default="train")
     browse.add_argument("--num", type=int, default=8, help="number of samples")
     browse.add_argument("--seed", type=int, default=0)
@@ -35,11 +41,12 @@ def add_arguments(parser):
 def _verify(args):
     from gsto_tf.data.verify import verify_dataset
 
-    data_dir = resolve_data_dir(args.dataset, args.data_dir)
-    reports = verify_dataset(args.dataset, data_dir, args.split, args.limit, progress=print)
+    spec = dataset_spec(args.dataset)
+    data_dir = resolve_data_dir(spec, args.data_dir)
+    reports = verify_dataset(spec, data_dir, args.split, args.limit, progress=print)
     bad = 0
     for r in reports:
-        print(f"{args.dataset} {r.split}: {r.found} samples, {len(r.problems)} bad")
+        print(f"{spec.name} {r.split}: {r.found} samples, {len(r.problems)} bad")
         if r.count_differs:
             print(f"  note: the published {r.split} split has {r.expected} samples (fine for a subset, a generated "
                   "set or another release)")
@@ -48,6 +55,16 @@ def _verify(args):
         bad += len(r.problems)
     print("OK" if bad == 0 else f"FAILED: {bad} bad file(s)")
     return 0 if bad == 0 else 1
+
+
+def _stats(args):
+    from gsto_tf.data.stats import class_stats
+
+    spec = dataset_spec(args.dataset)
+    stats = class_stats(spec, resolve_data_dir(spec, args.data_dir), args.split, args.limit)
+    print(f"{spec.name} {args.split}:")
+    print(stats.table())
+    return 0
 
 
 def overlay_grid(images, labels, spec, columns=4, alpha=0.5):
@@ -74,8 +91,8 @@ def _browse(args):
 
     from gsto_tf.data import build_train_dataset
 
-    spec = get_dataset_spec(args.dataset)
-    ds = build_train_dataset(args.dataset, args.data_dir, global_batch_size=1, seed=args.seed, crop_size=args.crop_size,
+    spec = dataset_spec(args.dataset)
+    ds = build_train_dataset(spec, args.data_dir, global_batch_size=1, seed=args.seed, crop_size=args.crop_size,
                              split=args.split, photometric=args.photometric)
     images, labels = [], []
     for x, y in ds.take(args.num):
@@ -83,7 +100,7 @@ def _browse(args):
         labels.append(y.numpy()[0])
     grid = overlay_grid(images, labels, spec, columns=min(4, args.num))
     save_png(args.output, grid)
-    print(f"wrote {args.output} ({args.num} augmented {args.dataset} samples: image | label overlay)")
+    print(f"wrote {args.output} ({args.num} augmented {spec.name} samples: image | label overlay)")
     return 0
 
 
@@ -96,4 +113,4 @@ def _prepare(args):
 
 
 def main(args):
-    return {"verify": _verify, "browse": _browse, "prepare": _prepare}[args.data_command](args)
+    return {"verify": _verify, "stats": _stats, "browse": _browse, "prepare": _prepare}[args.data_command](args)

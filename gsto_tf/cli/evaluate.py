@@ -5,22 +5,23 @@ import os
 import numpy as np
 
 from gsto_tf.atomic import save_png
-from gsto_tf.cli.common import UsageError, add_fold_batch_norm_argument, parse_size
-from gsto_tf.data import DatasetError, build_eval_dataset, get_dataset_spec, resolve_data_dir
+from gsto_tf.cli.common import UsageError, add_dataset_argument, add_fold_batch_norm_argument, dataset_spec, parse_size
+from gsto_tf.data import DatasetError, build_eval_dataset, resolve_data_dir
 from gsto_tf.evaluation import evaluate, test_setting
 from gsto_tf.models import CheckpointError, inference_model, load_checkpoint
 
 
 def add_arguments(parser):
-    parser.add_argument("--dataset", default="synthetic")
-    parser.add_argument("--data-dir")
-    parser.add_argument("--split", default="val")
+    add_dataset_argument(parser, help="the evaluated dataset, its classes and its test setting")
+    parser.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
+    parser.add_argument("--split", default="val", help="split of the dataset's card to evaluate (default: val)")
     parser.add_argument("--checkpoint", required=True, help=".keras, .weights.h5 (+ --model) or official .pth/.npz")
     parser.add_argument("--model", help="model name, for .weights.h5 and official checkpoints")
     parser.add_argument("--num-classes", type=int, help="default: the dataset's")
     parser.add_argument("--mode", choices=["whole", "slide"], help="default: the published setting's")
     parser.add_argument("--scales", type=float, nargs="+", help="default: the published setting's")
-    parser.add_argument("--flip", action=__import__("argparse").BooleanOptionalAction, default=None)
+    parser.add_argument("--flip", action=__import__("argparse").BooleanOptionalAction, default=None,
+                        help="average with the horizontally flipped image (default: the published setting's)")
     parser.add_argument("--crop-size", type=parse_size, help="slide window HxW")
     parser.add_argument("--ss", action="store_true", help="single-scale (one scale, no flip) only")
     parser.add_argument("--both", action="store_true", help="report single-scale and the published setting")
@@ -30,8 +31,8 @@ def add_arguments(parser):
     add_fold_batch_norm_argument(parser)
 
 
-def _setting(args, spec_name):
-    base = test_setting(spec_name)
+def _setting(args, spec):
+    base = test_setting(spec)
     changes = {}
     if args.mode:
         changes["mode"] = args.mode
@@ -60,7 +61,7 @@ def submission_writer(spec, directory):
 
 
 def main(args):
-    spec = get_dataset_spec(args.dataset)
+    spec = dataset_spec(args.dataset)
     try:
         model, report = load_checkpoint(
             args.checkpoint, name=args.model, num_classes=args.num_classes or spec.num_classes,
@@ -70,16 +71,16 @@ def main(args):
     if report is not None:
         print(report.summary())
     model = inference_model(model, fold_batch_norm=args.fold_batch_norm)
-    published = _setting(args, spec.name)
+    published = _setting(args, spec)
     settings = [published.single_scale()] if args.ss else [published]
     if args.both and not args.ss and published != published.single_scale():
         settings = [published.single_scale(), published]
     run_dir = args.run_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
     try:
-        data_dir = resolve_data_dir(spec.name, args.data_dir)
+        data_dir = resolve_data_dir(spec, args.data_dir)
         for setting in settings:
             on_prediction = submission_writer(spec, args.submission_dir) if args.submission_dir else None
-            metrics = evaluate(model, build_eval_dataset(spec.name, data_dir, split=args.split), spec,
+            metrics = evaluate(model, build_eval_dataset(spec, data_dir, split=args.split), spec,
                                setting=setting, limit=args.limit, on_prediction=on_prediction)
             stem = "metrics_ss" if setting == setting.single_scale() else "metrics_ms"
             json_path, _ = metrics.save(run_dir, stem)

@@ -1,6 +1,13 @@
 """`gsto-tf export`: SavedModel (serving signatures) or TFLite (fp32 / fp16 / dynamic / int8) with a parity report."""
 
-from gsto_tf.cli.common import UsageError, add_fold_batch_norm_argument, native_info_hidden, parse_size
+from gsto_tf.cli.common import (
+    UsageError,
+    add_dataset_argument,
+    add_fold_batch_norm_argument,
+    dataset_spec,
+    native_info_hidden,
+    parse_size,
+)
 from gsto_tf.data import DatasetError, build_eval_dataset, get_dataset_spec, resolve_data_dir
 from gsto_tf.export import (
     DEFAULT_MAX_PIXELS,
@@ -26,9 +33,9 @@ def add_arguments(parser):
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="SavedModel: refuse requests of more pixels (N x H x W) than this, to protect the "
                         f"server's memory (default {DEFAULT_MAX_PIXELS} = 4 x 1024x2048; 0 = no cap)")
-    parser.add_argument("--dataset", help="gives the images for int8 calibration and the parity report (default: the "
-                        "built-in synthetic set); when given, the checkpoint must predict its classes")
-    parser.add_argument("--data-dir")
+    add_dataset_argument(parser, default=None, help="gives the images for int8 calibration and the parity report "
+                         "(default: the built-in synthetic set); when given, the checkpoint must predict its classes")
+    parser.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
     parser.add_argument("--num-images", type=int, default=8, help="images for calibration / parity")
     add_fold_batch_norm_argument(parser)
 
@@ -45,12 +52,12 @@ def sample_images(dataset, data_dir, size, count):
         image = sample["image"]
         images.append((image if size is None else resize_bilinear(image, size)).numpy())
     if not images:
-        raise DatasetError(f"no images in dataset '{dataset}' for calibration / parity")
+        raise DatasetError(f"no images in dataset '{get_dataset_spec(dataset).name}' for calibration / parity")
     return images
 
 
 def main(args):
-    spec = get_dataset_spec(args.dataset or "synthetic")
+    spec = dataset_spec(args.dataset or "synthetic")
     if args.dataset is None and args.checkpoint.endswith(".weights.h5"):
         raise UsageError("export: a .weights.h5 checkpoint needs --model and --dataset (which gives its classes)")
     try:
@@ -71,7 +78,7 @@ def main(args):
         return 0
     size = args.input_size
     try:
-        images = sample_images(spec.name, args.data_dir, size, args.num_images)
+        images = sample_images(spec, args.data_dir, size, args.num_images)
     except DatasetError as exc:
         raise UsageError(f"export: {exc}") from exc
     try:

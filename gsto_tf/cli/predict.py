@@ -1,7 +1,6 @@
 """`gsto-tf predict`: label PNGs and colour overlays for an image, a folder or a glob."""
 
-from gsto_tf.cli.common import UsageError, add_fold_batch_norm_argument
-from gsto_tf.data import get_dataset_spec
+from gsto_tf.cli.common import UsageError, add_dataset_argument, add_fold_batch_norm_argument, dataset_spec
 from gsto_tf.evaluation.predict import expand_inputs, predict_files
 from gsto_tf.evaluation.settings import test_setting
 from gsto_tf.models import CheckpointError, inference_model, load_checkpoint
@@ -11,7 +10,7 @@ def add_arguments(parser):
     parser.add_argument("inputs", help="an image, a folder of images or a glob (quote it)")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--model", help="model name, for .weights.h5 and official checkpoints")
-    parser.add_argument("--dataset", default="synthetic", help="gives the classes and the palette")
+    add_dataset_argument(parser, help="gives the classes and the palette")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--opacity", type=float, default=0.5, help="overlay opacity in [0, 1]")
     parser.add_argument("--ms", action="store_true", help="use the dataset's published multi-scale + flip setting")
@@ -19,14 +18,14 @@ def add_arguments(parser):
 
 
 def main(args):
-    spec = get_dataset_spec(args.dataset)
+    spec = dataset_spec(args.dataset)
     try:
         paths = expand_inputs(args.inputs)
         model, _ = load_checkpoint(args.checkpoint, name=args.model, num_classes=spec.num_classes,
                                    classes_of=f"dataset '{spec.name}'")
     except (FileNotFoundError, CheckpointError) as exc:
         raise UsageError(str(exc)) from exc
-    setting = test_setting(spec.name) if args.ms else test_setting(spec.name).single_scale()
+    setting = test_setting(spec) if args.ms else test_setting(spec).single_scale()
     try:
         infer = inference_model(model, fold_batch_norm=args.fold_batch_norm)
         written = predict_files(infer, paths, args.output, spec.palette, setting=setting,

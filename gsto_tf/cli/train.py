@@ -3,14 +3,13 @@
 import datetime
 import os
 
-from gsto_tf.cli.common import UsageError
+from gsto_tf.cli.common import UsageError, add_dataset_argument
 from gsto_tf.data import DatasetError
-from gsto_tf.training.config import MIXED_PRECISION_POLICIES, RECIPES, STRATEGIES, make_config
+from gsto_tf.training.config import MIXED_PRECISION_POLICIES, STRATEGIES, make_config
 
 
 def add_arguments(parser):
-    parser.add_argument("--dataset", default="synthetic", choices=sorted(RECIPES),
-                        help="dataset and its published recipe (default: the built-in synthetic dataset)")
+    add_dataset_argument(parser, help="the dataset; its card's recipe is the run's default config")
     parser.add_argument("--model", help="model name (default: the recipe's; see `gsto-tf --help`)")
     parser.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
     parser.add_argument("--run-dir", help="output folder (default runs/<dataset>-<model>-<time>); rerun the same "
@@ -23,9 +22,11 @@ def add_arguments(parser):
                         help="override any config value, e.g. --set train.lr=0.01 (repeatable)")
     parser.add_argument("--strategy", choices=STRATEGIES,
                         help="multi_worker reads TF_CONFIG (one process per machine)")
-    parser.add_argument("--mixed-precision", choices=MIXED_PRECISION_POLICIES)
+    parser.add_argument("--mixed-precision", choices=MIXED_PRECISION_POLICIES,
+                        help="Keras mixed-precision policy (default: float32); bf16 pays only on CPUs with bf16 "
+                        "instructions (docs/precision.md)")
     parser.add_argument("--pretrained", help="official ImageNet HRNet checkpoint (.pth/.npz), backbone keys only")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=int, help="seed of initialisation, data order and augmentation (default 0)")
     parser.add_argument("--ss", action="store_true", help="evaluate single-scale only")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
 
@@ -56,8 +57,10 @@ def main(args):
         config = config_from_args(args)
     except ValueError as exc:
         raise UsageError(f"config error: {exc}") from exc
+    from gsto_tf.data import get_dataset_spec
+
     run_dir = args.run_dir or os.path.join(
-        "runs", f"{config.data.dataset}-{config.model.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        "runs", f"{get_dataset_spec(config.data.dataset).name}-{config.model.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     try:
         result = train(config, run_dir, evaluate_at_end=not args.no_eval)
     except DatasetError as exc:

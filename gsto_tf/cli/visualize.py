@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 
-from gsto_tf.cli.common import UsageError
-from gsto_tf.data import build_eval_dataset, get_dataset_spec, resolve_data_dir
+from gsto_tf.cli.common import UsageError, add_dataset_argument, dataset_spec
+from gsto_tf.data import build_eval_dataset, resolve_data_dir
 from gsto_tf.evaluation import Predictor, SegmentationMetrics, test_setting
 from gsto_tf.models import CheckpointError, gate_model, inference_model, load_checkpoint
 from gsto_tf import visualize
@@ -18,8 +18,8 @@ def add_arguments(parser):
     parser.add_argument("--output", required=True, help="PNG path")
     parser.add_argument("--checkpoint", nargs="+", help="model checkpoint(s); `features` compares several")
     parser.add_argument("--model", help="model name for .weights.h5 / official checkpoints")
-    parser.add_argument("--dataset", default="synthetic")
-    parser.add_argument("--data-dir")
+    add_dataset_argument(parser, help="gives the images, classes and palette")
+    parser.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
     parser.add_argument("--index", type=int, default=0, help="validation image used by gates / features")
     parser.add_argument("--num", type=int, default=3, help="images in the predictions grid")
     parser.add_argument("--opacity", type=float, default=0.5)
@@ -42,12 +42,12 @@ def _models(args, spec):
 
 
 def _samples(spec, args, count):
-    ds = build_eval_dataset(spec.name, resolve_data_dir(spec.name, args.data_dir)).skip(args.index).take(count)
+    ds = build_eval_dataset(spec, resolve_data_dir(spec, args.data_dir)).skip(args.index).take(count)
     return [(s["image"].numpy(), s["label"].numpy()) for s in ds]
 
 
 def main(args):
-    spec = get_dataset_spec(args.dataset)
+    spec = dataset_spec(args.dataset)
     if args.kind == "curves":
         if not args.run_dir:
             raise UsageError("visualize curves: --run-dir is required")
@@ -63,7 +63,7 @@ def main(args):
     elif args.kind == "predictions":
         (_, model), = _models(args, spec)[:1]
         # the setting `predict` uses by default: the dataset's published one, single-scale
-        predictor = Predictor.from_setting(inference_model(model), test_setting(spec.name).single_scale(),
+        predictor = Predictor.from_setting(inference_model(model), test_setting(spec).single_scale(),
                                            spec.flip_pairs)
         rows = [(img, lab, predictor.predict(img).numpy()) for img, lab in _samples(spec, args, args.num)]
         path = visualize.prediction_grid(rows, spec, args.output, args.opacity)

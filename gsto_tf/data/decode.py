@@ -158,7 +158,7 @@ def map_label_values(spec, raw, path):
     def message():
         values = tf.sort(tf.unique(tf.boolean_mask(tf.reshape(raw, [-1]), tf.reshape(invalid, [-1])))[0])
         text = _join(path, ": label values ", tf.strings.format("{}", values, summarize=12),
-                     " are neither a class nor ignore")
+                     " are neither a class nor void")
         hint = spec.invalid_values_hint
         if hint:
             text = tf.where(tf.reduce_any(tf.equal(values, spec.ignore_label)), _join(text, " (", hint, ")"), text)
@@ -274,11 +274,12 @@ _VALUE_CHECKS = {}
 def check_label_values(spec, raw, path):
     """int32 train ids of ``raw`` (numpy uint8), with the pipeline's check; :class:`DatasetError` naming the file
     and the values."""
-    if spec.name not in _VALUE_CHECKS:  # traced once per dataset (graph-mode Asserts give the marked message)
-        _VALUE_CHECKS[spec.name] = tf.function(
+    key = (spec.card, spec.name)
+    if key not in _VALUE_CHECKS:  # traced once per dataset (graph-mode Asserts give the marked message)
+        _VALUE_CHECKS[key] = tf.function(
             lambda labels, where: map_label_values(spec, labels, where),
             input_signature=[tf.TensorSpec([None, None], tf.uint8), tf.TensorSpec([], tf.string)])
-    return _eager(_VALUE_CHECKS[spec.name], str(path), np.asarray(raw, np.uint8))
+    return _eager(_VALUE_CHECKS[key], str(path), np.asarray(raw, np.uint8))
 
 
 def check_sizes(image_hw, label_hw, image_path, label_path):

@@ -1,9 +1,19 @@
-"""Finding (image, label) files of each dataset layout on disk, with errors that show the expected layout."""
+"""Finding the (image, label) files of a split on disk, by the card's ``layout``, with errors that show the expected
+files.
+
+``folders``: ``splits.<split>.images`` and ``.labels`` are folders under ``--data-dir``; an image
+(``.png/.jpg/.jpeg``) and its label (``.png``) share their stem. ``list``: ``splits.<split>.list`` is a text file
+under ``--data-dir`` with one ``image_path label_path`` pair a line (paths relative to ``--data-dir``; ``#`` starts
+a comment). ``cityscapes``, ``pascal_context``, ``lip``: the published folder structures of those datasets.
+"""
 
 import glob
 import os
 
-from gsto_tf.data.registry import get_dataset_spec
+from gsto_tf.data.registry import CARDS_DIR, get_dataset_spec
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+LABEL_SUFFIX = ".png"
 
 
 class DatasetError(ValueError):
@@ -11,11 +21,59 @@ class DatasetError(ValueError):
 
 
 def _missing(spec, data_dir, what):
+    where = "" if data_dir is None else f" {data_dir}"
     return DatasetError(
-        f"dataset '{spec.name}': {what}\n"
-        f"expected layout under --data-dir {data_dir!r}:\n  " + spec.layout.replace("\n", "\n  ")
-        + f"\nwhere to get it: {spec.source}"
+        f"dataset {describe(spec)}: {what}; expected under --data-dir{where}:\n  " + spec.layout_help.replace("\n", "\n  ")
+        + (f"\nwhere to get it: {spec.source}" if spec.source else "")
     )
+
+
+def describe(spec):
+    """``'name'``, with the card file for a dataset that is not built in (errors name the card to fix)."""
+    builtin = os.path.dirname(os.path.abspath(spec.card)) == os.path.abspath(CARDS_DIR)
+    return f"'{spec.name}'" if builtin or not spec.card else f"'{spec.name}' (card {spec.card})"
+
+
+def _split_entry(spec, root, split):
+    entry = spec.split_entry(split)
+    if entry is None:
+        raise _missing(spec, root, f"no split '{split}' in its card (splits: {', '.join(spec.split_names)})")
+    return entry
+
+
+def _folders(spec, root, split):
+    entry = _split_entry(spec, root, split)
+    image_dir, label_dir = (os.path.join(root, entry[k]) for k in ("images", "labels"))
+    if not os.path.isdir(image_dir):
+        raise _missing(spec, root, f"image folder of split '{split}' not found: {image_dir}")
+    images = sorted(p for p in glob.glob(os.path.join(image_dir, "*")) if p.lower().endswith(IMAGE_SUFFIXES))
+    stems = {}
+    for image in images:
+        stem = os.path.splitext(os.path.basename(image))[0]
+        if stem in stems:
+            raise DatasetError(f"dataset {describe(spec)}: two images share the stem '{stem}' (their labels would be one "
+                               f"file): {stems[stem]} and {image}")
+        stems[stem] = image
+    return [(image, os.path.join(label_dir, stem + LABEL_SUFFIX)) for stem, image in stems.items()]
+
+
+def _list(spec, root, split):
+    entry = _split_entry(spec, root, split)
+    list_file = os.path.join(root, entry["list"])
+    if not os.path.isfile(list_file):
+        raise _missing(spec, root, f"list file of split '{split}' not found: {list_file}")
+    samples = []
+    with open(list_file, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise DatasetError(f"{list_file}, line {number}: expected 'image_path label_path' (two paths "
+                                   f"separated by whitespace), got {line[:120]!r}")
+            samples.append(tuple(os.path.join(root, p) for p in parts))
+    return samples
 
 
 def _cityscapes(spec, root, split):
@@ -57,22 +115,40 @@ def _lip(spec, root, split):
     return [(im, os.path.join(label_dir, os.path.basename(im)[:-4] + ".png")) for im in images]
 
 
-_READERS = {"cityscapes": _cityscapes, "pascal_context": _pascal_context, "lip": _lip}
+# layout -> (reader, instance-id map of an image or None). Only the Cityscapes layout has instance maps
+# (*_gtFine_instanceIds.png beside each label).
+_LAYOUTS = {
+    "folders": (_folders, None),
+    "list": (_list, None),
+    "cityscapes": (_cityscapes, lambda image: (cityscapes_ground_truth(image, "instanceIds")
+                                               if image.endswith("_leftImg8bit.png") else None)),
+    "pascal_context": (_pascal_context, None),
+    "lip": (_lip, None),
+}
 
 
-def list_samples(name, data_dir, split, require_labels=True):
-    """``[(image_path, label_path)]`` of a split, sorted. Raises :class:`DatasetError` when the data is missing,
-    a split is empty, or (``require_labels``) an image has no label file."""
-    spec = get_dataset_spec(name)
+def instance_file(dataset, image_path):
+    """The instance-id map of an image in the dataset's layout, or None where the layout has none. The file may be
+    missing (e.g. a copy without instance maps): callers check."""
+    find = _LAYOUTS[get_dataset_spec(dataset).layout_kind][1]
+    return find(image_path) if find else None
+
+
+def list_samples(dataset, data_dir, split, require_labels=True):
+    """``[(image_path, label_path)]`` of a split, sorted. ``dataset``: a name, card path or spec. Raises
+    :class:`DatasetError` when the data is missing, a split is empty, or (``require_labels``) an image has no label
+    file."""
+    spec = get_dataset_spec(dataset)
     if data_dir is None or not os.path.isdir(data_dir):
-        raise _missing(spec, data_dir, f"data directory not found: {data_dir}")
-    samples = _READERS[spec.layout_kind](spec, data_dir, split)
+        raise _missing(spec, data_dir, "--data-dir is not set" if data_dir is None
+                       else f"data directory not found: {data_dir}")
+    samples = _LAYOUTS[spec.layout_kind][0](spec, data_dir, split)
     if not samples:
         raise _missing(spec, data_dir, f"no images found for split '{split}'")
     if require_labels:
         for image, label in samples:
             if not os.path.isfile(image):
-                raise DatasetError(f"dataset '{spec.name}': image file listed but missing: {image}")
+                raise DatasetError(f"dataset {describe(spec)}: image file listed but missing: {image}")
             if not os.path.isfile(label):
-                raise DatasetError(f"dataset '{spec.name}': image without label: {image} (expected {label})")
+                raise DatasetError(f"dataset {describe(spec)}: image without label: {image} (expected {label})")
     return samples

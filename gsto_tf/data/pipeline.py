@@ -8,7 +8,7 @@ Files are read by :func:`gsto_tf.data.decode.read_pair` (the one image / label d
 ``data verify`` and the tfds builders): every bad file fails naming it.
 
 Augmentation (HRNet's training recipe, lib/datasets/base_dataset.py): resize so the long side is
-``base_size * s`` with ``s ~ U(scale_range)`` (image bilinear, label nearest — both through
+``base_size * s`` with ``s ~ U(scale_range)`` (no ``base_size``: the image's own long side times ``s``) (image bilinear, label nearest — both through
 :mod:`gsto_tf.layers.resize`), pad to the crop size (image with 0 *after* normalisation, label with ignore), random
 crop, horizontal flip with p = 0.5 (swapping left/right classes where the dataset has flip pairs), optional
 photometric jitter before normalisation.
@@ -24,6 +24,19 @@ from gsto_tf.data.registry import get_dataset_spec
 from gsto_tf.layers.resize import resize_bilinear, resize_nearest
 
 AUTOTUNE = tf.data.AUTOTUNE
+# Augmentation of a dataset whose card's recipe does not set it (docs/data.md): crop [h, w], scale range, and the
+# long side that scale 1 resizes to (None: the image's own).
+AUGMENTATION_DEFAULTS = {"crop_size": (512, 512), "scale_range": (0.5, 2.0), "base_size": None}
+
+
+def augmentation(dataset, crop_size=None, scale_range=None, base_size=None):
+    """``(crop_size, scale_range, base_size)``: each argument given, else the card's ``recipe.data`` value, else
+    :data:`AUGMENTATION_DEFAULTS`."""
+    card = get_dataset_spec(dataset).recipe.get("data", {})
+    given = {"crop_size": crop_size, "scale_range": scale_range, "base_size": base_size}
+    out = [given[k] if given[k] is not None else card.get(k, default) for k, default in AUGMENTATION_DEFAULTS.items()]
+    crop, scales, base = out
+    return tuple(crop), tuple(float(s) for s in scales), None if base is None else float(base)
 
 
 def _flip_lut(spec):
@@ -46,7 +59,7 @@ def _augment(spec, image, label, crop_size, scale_range, seed, photometric, base
     # random scale: long side -> base_size * s
     hw = tf.cast(tf.shape(image)[:2], tf.float32)
     s = tf.random.stateless_uniform([], seeds[0], scale_range[0], scale_range[1])
-    factor = base_size * s / tf.reduce_max(hw)
+    factor = s if base_size is None else base_size * s / tf.reduce_max(hw)
     new_hw = tf.maximum(tf.cast(tf.round(hw * factor), tf.int32), 1)
     image = resize_bilinear(image, new_hw)
     label = resize_nearest(label, new_hw)
@@ -75,9 +88,10 @@ def _augment(spec, image, label, crop_size, scale_range, seed, photometric, base
     return image, label
 
 
-def resolve_data_dir(name, data_dir):
-    """The synthetic dataset is generated on demand; every other dataset must be on disk."""
-    if get_dataset_spec(name).name == "synthetic":
+def resolve_data_dir(dataset, data_dir):
+    """A generated dataset (card ``generator: synthetic``) is written on demand; every other dataset must be on
+    disk."""
+    if get_dataset_spec(dataset).generator == "synthetic":
         from gsto_tf.data.synthetic import ensure_synthetic
 
         if data_dir is not None and _looks_like_cityscapes_root(data_dir):
@@ -92,20 +106,19 @@ def _looks_like_cityscapes_root(path):
     return os.path.isdir(os.path.join(path, "leftImg8bit"))
 
 
-def build_train_dataset(name, data_dir, *, global_batch_size, seed=0, crop_size=None, scale_range=None,
+def build_train_dataset(dataset, data_dir, *, global_batch_size, seed=0, crop_size=None, scale_range=None,
                         split="train", photometric=False, start_step=0, epochs=None, base_size=None):
     """Augmented training batches ``(image float32 [B, h, w, 3], label int32 [B, h, w])``.
 
     ``global_batch_size`` is the batch of one optimiser step over all replicas (Keras / tf.distribute split it).
     ``start_step`` skips whole batches *before* decoding (resume). ``epochs=None`` repeats forever.
+    ``dataset``: a built-in name, a card path or a DatasetSpec; crop, scales and base size default to the card's.
     """
-    spec = get_dataset_spec(name)
+    spec = get_dataset_spec(dataset)
     if global_batch_size <= 0:
         raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
-    crop_size = tuple(crop_size or spec.crop_size)
-    scale_range = tuple(scale_range or spec.scale_range)
-    base_size = float(base_size or spec.base_size)
-    samples = list_samples(spec.name, resolve_data_dir(spec.name, data_dir), split)
+    crop_size, scale_range, base_size = augmentation(spec, crop_size, scale_range, base_size)
+    samples = list_samples(spec, resolve_data_dir(spec, data_dir), split)
     n = len(samples)
     if n < global_batch_size:
         raise ValueError(f"dataset '{spec.name}' split '{split}' has {n} samples, fewer than one batch "
@@ -140,15 +153,15 @@ def build_train_dataset(name, data_dir, *, global_batch_size, seed=0, crop_size=
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 
-def steps_per_epoch(name, data_dir, global_batch_size, split="train"):
-    return len(list_samples(name, resolve_data_dir(name, data_dir), split)) // global_batch_size
+def steps_per_epoch(dataset, data_dir, global_batch_size, split="train"):
+    return len(list_samples(dataset, resolve_data_dir(dataset, data_dir), split)) // global_batch_size
 
 
-def build_eval_dataset(name, data_dir, *, split="val", limit=None):
+def build_eval_dataset(dataset, data_dir, *, split="val", limit=None):
     """Unbatched ``{"image": float32 [H, W, 3] normalised, "label": int32 [H, W], "path": string}`` at the
     original resolution."""
-    spec = get_dataset_spec(name)
-    samples = list_samples(spec.name, resolve_data_dir(spec.name, data_dir), split)
+    spec = get_dataset_spec(dataset)
+    samples = list_samples(spec, resolve_data_dir(spec, data_dir), split)
     if limit:
         samples = samples[:limit]
     ds = tf.data.Dataset.from_tensor_slices(([s[0] for s in samples], [s[1] for s in samples]))

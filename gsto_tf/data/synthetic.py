@@ -27,11 +27,13 @@ import numpy as np
 from PIL import Image
 
 from gsto_tf.atomic import make_temp_dir
-from gsto_tf.data.registry import SYNTHETIC_CLASSES, SYNTHETIC_RAW_TO_TRAIN
+from gsto_tf.data.registry import get_dataset_spec
 
 VERSION = 1
 DEFAULT_CONFIG = {"height": 128, "width": 256, "train": 320, "val": 64, "seed": 0}
-_RAW = {name: raw for (raw, _), name in zip(SYNTHETIC_RAW_TO_TRAIN, SYNTHETIC_CLASSES)}
+# class name -> the raw value the generator writes for it (the synthetic card's label_map, inverted)
+_CARD = get_dataset_spec("synthetic")
+_RAW = {_CARD.class_names[train]: raw for raw, train in _CARD.raw_to_train}
 VOID_RAW, EGO_RAW = 0, 1
 _SPLIT_IDS = {"train": 1, "val": 2}
 _CITIES = ("harbourtown", "rivercity")

@@ -49,7 +49,7 @@ class PascalContext(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Converted PNG layout or original .mat files."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Place under manual_dir:\n  " + get_dataset_spec("pascal_context").layout.replace("{root}/", "")
+        "Place under manual_dir:\n  " + get_dataset_spec("pascal_context").layout_help.replace("{root}/", "")
         .replace("\n", "\n  ") + "\nor the original trainval/{id}.mat files next to VOC2010/ (+ VOC2010/ImageSets/"
         "Main/{train,val}.txt). Source: " + get_dataset_spec("pascal_context").source
     )
@@ -106,7 +106,7 @@ class Lip(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "TrainVal images and parsing annotations."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Extract under manual_dir:\n  " + get_dataset_spec("lip").layout.replace("{root}/", "").replace("\n", "\n  ")
+        "Extract under manual_dir:\n  " + get_dataset_spec("lip").layout_help.replace("{root}/", "").replace("\n", "\n  ")
         + "\nSource: " + get_dataset_spec("lip").source
     )
 

@@ -3,7 +3,7 @@
 Used by ``gsto-tf data verify``. Each file is read with the pipelines' own decoders
 (:mod:`gsto_tf.data.decode`, run eagerly one file at a time, so one bad file does not stop the scan): the image
 decodes, the label is there, is a single-channel 8-bit (or palette) PNG of the image's size, and holds only values
-that are a class or ignore after the dataset's mapping. A split whose number of samples differs from the published
+that are a class or void after the dataset's mapping. A split whose number of samples differs from the published
 one is not a problem in itself (a subset, a generated set or another release): the report notes it.
 """
 
@@ -60,13 +60,14 @@ def check_sample(spec, image_path, label_path):
     return problems
 
 
-def verify_dataset(name, data_dir, splits=None, limit=None, progress=None):
-    """Check every sample of each split -> ``[SplitReport]``. Missing folders raise :class:`DatasetError`."""
-    spec = get_dataset_spec(name)
-    splits = splits or [s for s, _ in spec.split_sizes if s != "test"]
+def verify_dataset(dataset, data_dir, splits=None, limit=None, progress=None):
+    """Check every sample of each split (default: every split of the card but ``test``) -> ``[SplitReport]``.
+    Missing folders raise :class:`DatasetError`."""
+    spec = get_dataset_spec(dataset)
+    splits = splits or [s for s in spec.split_names if s != "test"]
     reports = []
     for split in splits:
-        samples = list_samples(spec.name, data_dir, split, require_labels=False)
+        samples = list_samples(spec, data_dir, split, require_labels=False)
         report = SplitReport(split, len(samples), spec.expected_size(split))
         for i, (image, label) in enumerate(samples[:limit] if limit else samples):
             report.problems += check_sample(spec, image, label)

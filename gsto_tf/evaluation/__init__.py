@@ -5,12 +5,11 @@ from gsto_tf.evaluation.evaluate import evaluate
 from gsto_tf.evaluation.inference import Predictor
 from gsto_tf.evaluation.instances import InstanceStats
 from gsto_tf.evaluation.metrics import ConfusionMatrixMetric, SegmentationMetrics, confusion_matrix, confusion_matrix_np
-from gsto_tf.evaluation.settings import PUBLISHED_TEST_SETTINGS, TestSetting, test_setting
+from gsto_tf.evaluation.settings import TestSetting, test_setting
 
 __all__ = [
     "ConfusionMatrixMetric",
     "InstanceStats",
-    "PUBLISHED_TEST_SETTINGS",
     "Predictor",
     "SegmentationMetrics",
     "TestSetting",

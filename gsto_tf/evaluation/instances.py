@@ -14,17 +14,13 @@ import os
 import numpy as np
 from PIL import Image
 
-from gsto_tf.data.layouts import DatasetError, cityscapes_ground_truth
-from gsto_tf.data.registry import get_dataset_spec
+from gsto_tf.data.layouts import DatasetError, instance_file
 
 
-def instance_label_path(name, image_path):
+def instance_label_path(dataset, image_path):
     """The instance-id map (Cityscapes ``*_gtFine_instanceIds.png``) of an image, or None where the dataset's layout
     has none. The file may be missing (e.g. a gtFine copy without instance maps): callers check."""
-    spec = get_dataset_spec(name)
-    if spec.layout_kind != "cityscapes" or not image_path.endswith("_leftImg8bit.png"):
-        return None
-    return cityscapes_ground_truth(image_path, "instanceIds")
+    return instance_file(dataset, image_path)
 
 
 def read_instance_ids(path, shape):

@@ -1,4 +1,5 @@
-"""Published test settings per dataset (HRNet's ``experiments/*.yaml`` TEST sections), in one table.
+"""The test setting of a dataset: its card's ``evaluation`` section (the built-in cards hold HRNet's published
+``experiments/*.yaml`` TEST sections).
 
 ``scales`` are factors of the original image size; ``slide`` gives the window (crop) size, ``None`` = whole image.
 """
@@ -26,17 +27,11 @@ class TestSetting:
         return dataclasses.replace(self, scales=(1.0,), flip=False)
 
 
-PUBLISHED_TEST_SETTINGS = {
-    "cityscapes": TestSetting(scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True, mode="slide",
-                              crop_size=(1024, 2048)),
-    "pascal_context": TestSetting(scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0), flip=True),
-    "pascal_context_60": TestSetting(scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0), flip=True),
-    "lip": TestSetting(flip=True),
-    "synthetic": TestSetting(),
-}
-
-
 def test_setting(dataset):
-    if dataset not in PUBLISHED_TEST_SETTINGS:
-        raise ValueError(f"no test setting for dataset {dataset!r}; known: {sorted(PUBLISHED_TEST_SETTINGS)}")
-    return PUBLISHED_TEST_SETTINGS[dataset]
+    """The :class:`TestSetting` of a dataset (a built-in name, a card path or a DatasetSpec)."""
+    from gsto_tf.data.registry import get_dataset_spec
+
+    return TestSetting(**dict(get_dataset_spec(dataset).evaluation))
+
+
+test_setting.__test__ = False  # not a pytest test despite the name

@@ -1,14 +1,13 @@
-"""Training: configs and recipes, losses, PyTorch-exact SGD + poly schedule, resumable model.fit."""
+"""Training: configs (recipes come from the dataset cards), losses, PyTorch-exact SGD + poly schedule, resumable
+model.fit."""
 
-from gsto_tf.training.config import RECIPES, ExperimentConfig, make_config
-from gsto_tf.training.losses import CITYSCAPES_CLASS_WEIGHTS, SegmentationLoss
+from gsto_tf.training.config import ExperimentConfig, make_config
+from gsto_tf.training.losses import SegmentationLoss
 from gsto_tf.training.optimizer import TorchSGD, poly_schedule
 from gsto_tf.training.trainer import TrainResult, train
 
 __all__ = [
-    "CITYSCAPES_CLASS_WEIGHTS",
     "ExperimentConfig",
-    "RECIPES",
     "SegmentationLoss",
     "TorchSGD",
     "TrainResult",

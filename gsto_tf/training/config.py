@@ -1,6 +1,6 @@
 """Experiment configuration: dataclasses, the published recipes, YAML and ``--set key=value`` overrides.
 
-Precedence: recipe of the dataset < ``--config file.yaml`` < command-line flags < ``--set section.key=value``.
+Precedence: the recipe of the dataset's card (:mod:`gsto_tf.data.card`) < ``--config file.yaml`` < command-line flags < ``--set section.key=value``.
 The resolved config is written to ``<run_dir>/config.yaml``.
 """
 
@@ -23,10 +23,11 @@ MIXED_PRECISION_POLICIES = ("mixed_bfloat16", "mixed_float16")
 
 @dataclasses.dataclass
 class DataConfig:
-    dataset: str = "synthetic"
+    dataset: str = "synthetic"  # a built-in dataset name or the path of a dataset card (.yaml)
     data_dir: Optional[str] = None  # synthetic: generated into the cache when None
-    crop_size: Optional[list] = None  # [h, w]; None = the dataset's default
-    scale_range: Optional[list] = None  # [lo, hi]; None = the dataset's default
+    crop_size: Optional[list] = None  # [h, w]; None = the card's default
+    scale_range: Optional[list] = None  # [lo, hi]; None = the card's default
+    base_size: Optional[int] = None  # long side at scale 1; None = the card's default (none: the image's own)
     photometric: bool = False
 
 
@@ -49,7 +50,7 @@ class TrainConfig:
     lr_power: float = 0.9
     epochs: Optional[int] = None  # dataset epochs; `steps` wins when both are set
     steps: Optional[int] = None
-    class_weights: bool = False  # Cityscapes: HRNet's 19 class weights
+    class_weights: bool = False  # weight the loss with the card's class_weights
     ohem: bool = False
     ohem_thresh: float = 0.9
     ohem_min_kept: int = 131072
@@ -88,41 +89,9 @@ class ExperimentConfig:
         write_atomically(path, write)
 
 
-# The published recipes (HRNet experiments/*.yaml configs). Epoch counts give the published iteration counts:
-# Cityscapes 484 x (2975 // 12) = 119,548; PASCAL-Context 200 x (4998 // 16) = 62,400; LIP 150 x (30462 // 40) = 114,150.
-RECIPES = {
-    "cityscapes": {
-        "data": {"dataset": "cityscapes"},
-        "model": {"name": "gsto_hrnet_w48"},
-        "train": {"global_batch_size": 12, "lr": 0.01, "weight_decay": 5e-4, "epochs": 484, "class_weights": True,
-                  "checkpoint_every": 500, "eval_every": 20},
-    },
-    "pascal_context": {
-        "data": {"dataset": "pascal_context"},
-        "model": {"name": "gsto_hrnet_w48"},
-        "train": {"global_batch_size": 16, "lr": 0.004, "weight_decay": 1e-4, "epochs": 200,
-                  "checkpoint_every": 500, "eval_every": 20},
-    },
-    "lip": {
-        "data": {"dataset": "lip"},
-        "model": {"name": "gsto_hrnet_w48"},
-        "train": {"global_batch_size": 40, "lr": 0.007, "weight_decay": 5e-4, "epochs": 150,
-                  "checkpoint_every": 500, "eval_every": 20},
-    },
-    # The README's main job, short enough for a CPU. 240 steps leave the BN running averages (momentum 0.01)
-    # behind the weights, so PreciseBN re-estimates them over one epoch of the 320 training images (40 batches)
-    # before evaluating; the long recipes above converge them and keep it off (0), but can set it.
-    "synthetic": {
-        "data": {"dataset": "synthetic"},
-        "model": {"name": "gsto_hrnet_w18_small_v2"},
-        "train": {"global_batch_size": 8, "lr": 0.02, "weight_decay": 1e-4, "steps": 240, "checkpoint_every": 40},
-        "eval": {"precise_bn_batches": 40},
-    },
-}
-
-
-# PASCAL-Context 60 trains exactly like the 59-class variant.
-RECIPES["pascal_context_60"] = {**RECIPES["pascal_context"], "data": {"dataset": "pascal_context_60"}}
+# The recipe of a dataset card that sets none of these (docs/data.md); the card's recipe is merged over it. The
+# augmentation defaults (crop, scales, base size) are gsto_tf.data.pipeline.AUGMENTATION_DEFAULTS.
+CARD_RECIPE_DEFAULTS = {"train": {"epochs": 100}}
 
 
 def _merge(config, overrides, where):
@@ -250,6 +219,8 @@ def _range_problems(config):
         problems.append("train.steps or train.epochs must be set")
     problems += [p for p in (_pair("data.crop_size", d.crop_size, True), _pair("data.scale_range", d.scale_range,
                                                                                   False)) if p]
+    if d.base_size is not None and d.base_size < 1:
+        problems.append(f"data.base_size must be an integer >= 1 (or null), got {d.base_size!r}")
     if not all(isinstance(k, str) for k in config.model.options):
         problems.append(f"model.options must map option names to values, got {config.model.options!r}")
     return problems
@@ -279,11 +250,12 @@ def validate_config(config):
     if problems:  # range rules need the right types
         raise ConfigError("; ".join(problems))
     problems = _range_problems(config)
-    from gsto_tf.data.registry import available_datasets
+    from gsto_tf.data.registry import get_dataset_spec
 
-    if config.data.dataset not in available_datasets():
-        problems.append(f"data.dataset: unknown dataset {config.data.dataset!r}; valid: "
-                        f"{', '.join(available_datasets())}")
+    try:
+        get_dataset_spec(config.data.dataset)
+    except ValueError as exc:
+        problems.append(f"data.dataset: {exc}")
     from gsto_tf.models import available_models
 
     if config.model.name not in available_models():
@@ -298,11 +270,15 @@ def validate_config(config):
 
 
 def make_config(dataset="synthetic", yaml_path=None, overrides=None, sets=None):
-    """Recipe of ``dataset``, then the YAML file, then ``overrides`` (a nested dict), then ``--set`` items."""
-    if dataset not in RECIPES:
-        raise ValueError(f"no recipe for dataset {dataset!r}; valid: {sorted(RECIPES)}")
+    """The recipe of ``dataset``'s card (a built-in name or a card path), then the YAML file, then ``overrides`` (a
+    nested dict), then ``--set`` items."""
+    from gsto_tf.data.registry import get_dataset_spec
+
+    spec = get_dataset_spec(dataset)
     config = ExperimentConfig()
-    _merge(config, RECIPES[dataset], f"recipe {dataset}")
+    _merge(config, CARD_RECIPE_DEFAULTS, "card recipe defaults")
+    _merge(config, spec.recipe_sections(), f"dataset card {spec.card}: recipe")
+    config.data.dataset = dataset
     if yaml_path:
         if not os.path.isfile(yaml_path):
             raise ValueError(f"--config: file not found: {yaml_path}")

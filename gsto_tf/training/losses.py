@@ -18,13 +18,6 @@ import tensorflow as tf
 
 from gsto_tf.layers.resize import resize_bilinear
 
-# Cityscapes class weights of HRNet's datasets/cityscapes.py (train-id order).
-CITYSCAPES_CLASS_WEIGHTS = (
-    0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023, 0.9539, 0.9843, 1.1116,
-    0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507,
-)
-
-
 @tf.custom_gradient
 def pixel_cross_entropy(logits, labels):
     """Softmax cross-entropy per row of ``logits`` [P, K] for int ``labels`` [P] in [0, K); returns [P].

@@ -33,7 +33,7 @@ from gsto_tf.training.callbacks import (
 )
 from gsto_tf.training.config import validate_config
 from gsto_tf.training.distribute import make_strategy
-from gsto_tf.training.losses import CITYSCAPES_CLASS_WEIGHTS, SegmentationLoss
+from gsto_tf.training.losses import SegmentationLoss
 from gsto_tf.training.optimizer import TorchSGD, poly_schedule
 from gsto_tf.training.precise_bn import precise_bn, precise_bn_applied
 from gsto_tf.training.run_dir import claim_run_dir
@@ -61,9 +61,10 @@ def _chunking(total_steps, target):
 def _loss_for(config, spec):
     weights = None
     if config.train.class_weights:
-        if spec.name != "cityscapes":
-            raise ValueError("train.class_weights: class weights are defined for cityscapes only")
-        weights = CITYSCAPES_CLASS_WEIGHTS
+        if spec.class_weights is None:
+            raise ValueError(f"train.class_weights: the card of dataset '{spec.name}' has no class_weights "
+                             "(`gsto-tf data stats` computes median-frequency weights for it)")
+        weights = spec.class_weights
     return SegmentationLoss(spec.num_classes, spec.ignore_label, class_weights=weights, ohem=config.train.ohem,
                             ohem_thresh=config.train.ohem_thresh, ohem_min_kept=config.train.ohem_min_kept)
 
@@ -162,8 +163,8 @@ def _plan(config, run_dir):
     ``run_dir``."""
     validate_config(config)
     spec = get_dataset_spec(config.data.dataset)
-    data_dir = resolve_data_dir(spec.name, config.data.data_dir)
-    samples = list_samples(spec.name, data_dir, "train")  # fails here, with the expected layout, if data is missing
+    data_dir = resolve_data_dir(spec, config.data.data_dir)
+    samples = list_samples(spec, data_dir, "train")  # fails here, with the expected layout, if data is missing
     claim_run_dir(run_dir, config)
 
     keras.utils.set_random_seed(config.train.seed)
@@ -195,10 +196,10 @@ def _compiled_model(config, plan):
 
 
 def _train_batches(config, plan, start_step):
-    return build_train_dataset(plan.spec.name, plan.data_dir, global_batch_size=config.train.global_batch_size,
+    return build_train_dataset(plan.spec, plan.data_dir, global_batch_size=config.train.global_batch_size,
                                seed=config.train.seed, crop_size=config.data.crop_size,
-                               scale_range=config.data.scale_range, photometric=config.data.photometric,
-                               start_step=start_step)
+                               scale_range=config.data.scale_range, base_size=config.data.base_size,
+                               photometric=config.data.photometric, start_step=start_step)
 
 
 def _evaluation(config, plan, verbose):
@@ -207,7 +208,7 @@ def _evaluation(config, plan, verbose):
     batches = config.eval.precise_bn_batches
 
     def run_eval(m):
-        return evaluate(inference_model(m), build_eval_dataset(plan.spec.name, plan.data_dir), plan.spec,
+        return evaluate(inference_model(m), build_eval_dataset(plan.spec, plan.data_dir), plan.spec,
                         setting=setting, limit=config.eval.limit, progress=verbose > 0)
 
     if not batches:
