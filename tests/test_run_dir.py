@@ -128,7 +128,7 @@ def test_leftovers_of_killed_writes_are_removed_on_the_next_start(tmp_path):
     partial = run / "backup" / "ckpt-2_temp"
     partial.mkdir()
     (partial / "part-00000-of-00001.data-00000-of-00001.tempstate123").write_bytes(b"partial")
-    assert ResumeState(str(run / "backup"), model, model.optimizer).restore(model, model.optimizer) == 1
+    assert ResumeState(str(run / "backup"), model, model.optimizer).restore() == 1
     assert not partial.exists()
 
 
@@ -169,7 +169,7 @@ def test_best_metric_and_history_survive_a_resume(tmp_path):
 
     resumed = _tiny_model()
     state = ResumeState(str(run / "backup"), resumed, resumed.optimizer)
-    assert state.restore(resumed, resumed.optimizer) == 2
+    assert state.restore() == 2
     assert float(state.best_miou.numpy()) == pytest.approx(0.7)
     _fit_chunks(resumed, state, run, _Scores([0.6, 0.8]), 2, 4)  # chunk 3 is worse than chunk 2, chunk 4 better
 
@@ -192,7 +192,7 @@ def test_worse_model_after_resume_does_not_replace_best(tmp_path):
     best = (run / "checkpoints" / "best.keras").read_bytes()
     resumed = _tiny_model()
     state = ResumeState(str(run / "backup"), resumed, resumed.optimizer)
-    state.restore(resumed, resumed.optimizer)
+    state.restore()
     _fit_chunks(resumed, state, run, _Scores([0.4]), 1, 2)
     assert (run / "checkpoints" / "best.keras").read_bytes() == best
 
@@ -243,3 +243,42 @@ def test_training_on_a_full_disk_ends_in_one_message_and_resumes(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert (run / "config.yaml").read_text() == saved
     assert (run / "checkpoints" / "final.keras").exists() and (run / "checkpoints" / "best.keras").exists()
+
+
+_HOLD_LOCK = """
+import sys, time
+from gsto_tf.training.run_dir import RunDirLock
+RunDirLock(sys.argv[1])
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_live_run_locks_its_folder_and_a_killed_one_does_not(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True,
+                              env=dict(_env(), PYTHONPATH=REPO))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        config = make_config("synthetic")
+        with pytest.raises(RunDirError, match=f"in use by a running training \\(pid {holder.pid} on host "):
+            claim_run_dir(str(run), config)
+        assert os.listdir(run) == [".lock"]  # nothing written, nothing of the live run removed
+        # The command line: one line, exit 2.
+        out = subprocess.run([sys.executable, RUN, "train", "--dataset", "synthetic", "--run-dir", str(run),
+                              "--steps", "1"], capture_output=True, text=True, env=_env(), timeout=300)
+        assert out.returncode == 2, out.stderr[-2000:]
+        assert f"pid {holder.pid}" in out.stderr and "Traceback" not in out.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    # The dead holder's lock file stays behind, but the OS released its lock: the folder can be claimed.
+    lock = claim_run_dir(str(run), make_config("synthetic"))
+    try:
+        assert (run / "config.yaml").is_file()
+        with pytest.raises(RunDirError, match=f"pid {os.getpid()} "):  # held by this process now
+            claim_run_dir(str(run), make_config("synthetic"))
+    finally:
+        lock.release()
+    claim_run_dir(str(run), make_config("synthetic")).release()

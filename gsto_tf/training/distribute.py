@@ -30,3 +30,10 @@ def make_strategy(name="auto"):
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def describe_strategy(strategy):
+    """How a start line names ``strategy``: its class, or "one device" for TensorFlow's default strategy."""
+    if strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy():
+        return "one device, no tf.distribute strategy"
+    return type(strategy).__name__

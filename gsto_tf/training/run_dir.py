@@ -4,15 +4,29 @@
 configuration (more steps, another batch, model, dataset or learning rate) would continue at the wrong step with an
 already decayed learning rate and overwrite ``config.yaml``, so :func:`claim_run_dir` refuses it, naming every key
 that differs, before anything is written.
+
+A live run holds an OS lock on ``run_dir/.lock`` (``fcntl.flock``): a second run into the same folder is refused
+with the holder's pid and host instead of deleting the live run's temp files. The OS drops the lock when the
+holder exits or is killed, so a stale ``.lock`` file never blocks a rerun. The workers of a multi-worker run
+(``TF_CONFIG``) share a folder, each with its own lock (``.lock-worker1``). (On a system without ``fcntl`` the
+folder is not locked.)
 """
 
+import json
 import os
+import socket
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the folder is not locked
+    fcntl = None
 
 import yaml
 
 from gsto_tf.atomic import remove_temp_files
 
 CONFIG_FILE = "config.yaml"
+LOCK_FILE = ".lock"
 # Keys that may change between the runs of one folder: where the same data lives, and how it is evaluated.
 FREE_KEYS = ("data.data_dir", "eval.")
 # Sub-folders whose files are written atomically (a killed write leaves a temp file there).
@@ -52,12 +66,55 @@ def config_differences(saved, config):
     return diffs
 
 
-def claim_run_dir(run_dir, config):
-    """Make ``run_dir`` this run's folder: create it and write ``config.yaml``, or check that it holds a run of the
-    same configuration. Removes the temp files of atomic writes that a killed run left behind.
+def _lock_name():
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task") or {}
+    except (ValueError, AttributeError):
+        task = {}
+    if not task or task.get("type") in (None, "chief") or (task.get("type") == "worker" and not task.get("index")):
+        return LOCK_FILE
+    return f"{LOCK_FILE}-{task.get('type')}{task.get('index', 0)}"
 
-    Raises :class:`RunDirError` (nothing written) when the folder holds another configuration, is not empty but
-    holds no run, or cannot be a folder.
+
+class RunDirLock:
+    """The OS lock of a run folder, held from :func:`claim_run_dir` until :meth:`release` (or the process's end)."""
+
+    def __init__(self, run_dir):
+        self.path = os.path.join(run_dir, _lock_name())
+        self._fd = None
+        if fcntl is None:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "unknown"
+            os.close(fd)
+            raise RunDirError(f"--run-dir {run_dir} is in use by a running training ({holder}); wait for it to end "
+                              "or choose another --run-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}".encode())
+        self._fd = fd
+
+    def release(self):
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def claim_run_dir(run_dir, config):
+    """Make ``run_dir`` this run's folder: lock it, create it and write ``config.yaml``, or check that it holds a
+    run of the same configuration. Removes the temp files of atomic writes that a killed run left behind. Returns
+    the :class:`RunDirLock`; release it when the run ends.
+
+    Raises :class:`RunDirError` (nothing written) when another live run holds the folder, the folder holds another
+    configuration, is not empty but holds no run, or cannot be a folder.
     """
     run_dir = os.fspath(run_dir)
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
@@ -66,11 +123,21 @@ def claim_run_dir(run_dir, config):
         os.makedirs(run_dir, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise RunDirError(f"--run-dir {run_dir}: cannot create it, a part of the path is a file") from None
+    lock = RunDirLock(run_dir)
+    try:
+        _check_and_write_config(run_dir, config)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _check_and_write_config(run_dir, config):
     for sub in _ATOMIC_DIRS:
         remove_temp_files(os.path.join(run_dir, sub))
     path = os.path.join(run_dir, CONFIG_FILE)
     if not os.path.exists(path):
-        if os.listdir(run_dir):
+        if any(not name.startswith(LOCK_FILE) for name in os.listdir(run_dir)):
             raise RunDirError(f"--run-dir {run_dir}: the folder is not empty and holds no {CONFIG_FILE}, so it is not "
                               "a gsto_tf run; choose a new or empty folder")
         config.save(path)

@@ -32,7 +32,7 @@ from gsto_tf.training.callbacks import (
     save_model_atomically,
 )
 from gsto_tf.training.config import validate_config
-from gsto_tf.training.distribute import make_strategy
+from gsto_tf.training.distribute import describe_strategy, make_strategy
 from gsto_tf.training.losses import SegmentationLoss
 from gsto_tf.training.optimizer import TorchSGD, poly_schedule
 from gsto_tf.training.precise_bn import precise_bn, precise_bn_applied
@@ -152,6 +152,7 @@ class _Plan:
     strategy: object
     total_steps: int
     chunk: int
+    lock: object = None  # the run folder's RunDirLock, released when train() returns
 
     @property
     def num_chunks(self):
@@ -165,7 +166,6 @@ def _plan(config, run_dir):
     spec = get_dataset_spec(config.data.dataset)
     data_dir = resolve_data_dir(spec, config.data.data_dir)
     samples = list_samples(spec, data_dir, "train")  # fails here, with the expected layout, if data is missing
-    claim_run_dir(run_dir, config)
 
     keras.utils.set_random_seed(config.train.seed)
     if config.train.mixed_precision:
@@ -178,9 +178,10 @@ def _plan(config, run_dir):
     total_steps = _total_steps(config, len(samples))
     plan = _Plan(spec, data_dir, len(samples), strategy, total_steps,
                  _chunking(total_steps, config.train.checkpoint_every))
+    plan.lock = claim_run_dir(run_dir, config)  # last: nothing is written for a run that cannot start
     print(f"training {config.model.name} on {spec.name} ({len(samples)} images): {total_steps} steps, "
           f"global batch {global_batch} = {global_batch // replicas} per replica x {replicas} replica(s) "
-          f"[{type(strategy).__name__}], backups every {plan.chunk} steps")
+          f"[{describe_strategy(strategy)}], backups every {plan.chunk} steps")
     return plan
 
 
@@ -241,10 +242,16 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
     """
     start = time.time()
     plan = _plan(config, run_dir)
+    with plan.lock:
+        return _train(config, run_dir, plan, start, evaluate_at_end, verbose)
+
+
+def _train(config, run_dir, plan, start, evaluate_at_end, verbose):
     model = _compiled_model(config, plan)
     chunk, num_chunks = plan.chunk, plan.num_chunks
-    state = ResumeState(os.path.join(run_dir, "backup"), model, model.optimizer)
-    initial_chunk = state.restore(model, model.optimizer)
+    with plan.strategy.scope():  # restore() builds the optimizer's slots
+        state = ResumeState(os.path.join(run_dir, "backup"), model, model.optimizer)
+        initial_chunk = state.restore()
     if initial_chunk:
         print(f"resuming from step {initial_chunk * chunk} (backup in {run_dir}/backup)")
     run_eval, eval_context, apply_precise_bn = _evaluation(config, plan, verbose)
