@@ -179,8 +179,12 @@ def test_tflite_dynamic_size_runs_any_size_with_builtins_only(model, tmp_path):
         report = parity_report(model, runner, images)
         assert report.relative_max_diff <= 1e-4, f"{h}x{w}: {report}"
         assert runner(images[0]).shape == (1, -(-(-(-h // 2)) // 2), -(-(-(-w // 2)) // 2), 5)
-    with pytest.raises(ValueError, match=r"input of shape \(1, 16, 16, 1\); pass one RGB image"):
+    with pytest.raises(ValueError, match=r"input of shape \(16, 16, 1\); pass one RGB image"):
         runner(np.zeros((16, 16, 1), np.float32))
+    # uint8 of the wrong shape: refused before normalisation (which would broadcast 1 channel to 3)
+    for shape in ((16, 16, 1), (16, 16, 4), (16, 16)):
+        with pytest.raises(ValueError, match=re.escape(f"input of shape {shape}; pass one RGB image")):
+            runner(np.zeros(shape, np.uint8))
     with pytest.raises(ValueError, match=r"empty image of shape \(1, 0, 7, 3\)"):
         runner(np.zeros((0, 7, 3), np.uint8))
 
@@ -237,3 +241,14 @@ def test_tflite_bad_arguments(model):
         TFLiteRunner("/nonexistent.tflite")
     with pytest.raises(ValueError, match="representative image of shape \\(8, 8\\), expected \\[H, W, 3\\]"):
         convert_to_tflite(model, None, "int8", representative_images=[np.zeros((8, 8))])
+
+
+def test_quantize_is_refused_for_a_saved_model(tmp_path, capsys):
+    from gsto_tf.cli import main
+
+    checkpoint = tmp_path / "pointwise.keras"
+    _pointwise(8).save(checkpoint)
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "saved_model", "--quantize", "int8",
+                 "--output", str(tmp_path / "sm")]) == 2
+    assert "--quantize int8 is for --format tflite" in capsys.readouterr().err
+    assert not (tmp_path / "sm").exists()

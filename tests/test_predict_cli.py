@@ -114,3 +114,79 @@ def test_predict_never_writes_two_inputs_to_one_file(tmp_path, checkpoint, capsy
     assert main(["predict", str(folder), "--checkpoint", checkpoint, "--dataset", "cityscapes",
                  "--output", str(folder)]) == 2
     assert re.search(r"the output .*in/b_labels.png is also an input", capsys.readouterr().err)
+
+
+def test_predict_refuses_existing_outputs_without_overwrite(tmp_path, checkpoint, capsys):
+    write_png(str(tmp_path / "in" / "a.png"), np.full((9, 13, 3), 10, np.uint8))
+    args = ["predict", str(tmp_path / "in"), "--checkpoint", checkpoint, "--dataset", "cityscapes",
+            "--output", str(tmp_path / "out")]
+    assert main(args) == 0
+    first = (tmp_path / "out" / "a_labels.png").read_bytes()
+    (tmp_path / "out" / "a_overlay.png").write_bytes(b"a file the user made")
+    assert main(args) == 2
+    assert re.search(r"out/a_labels.png and 1 more exist already; pass --overwrite", capsys.readouterr().err)
+    assert (tmp_path / "out" / "a_overlay.png").read_bytes() == b"a file the user made"
+    assert main(args + ["--overwrite"]) == 0
+    assert (tmp_path / "out" / "a_labels.png").read_bytes() == first
+    assert (tmp_path / "out" / "a_overlay.png").read_bytes().startswith(b"\x89PNG")
+    # an --output that is a file: one line, not a traceback
+    (tmp_path / "file").write_text("x")
+    assert main(args[:-1] + [str(tmp_path / "file")]) == 2
+    assert re.search(r"--output .*file is a file, not a folder", capsys.readouterr().err)
+
+
+@pytest.fixture(scope="module")
+def nan_checkpoint(tmp_path_factory):
+    inp = keras.Input((None, None, 3))
+    conv = keras.layers.Conv2D(19, 1, name="head")
+    model = keras.Model(inp, {"logits": conv(inp)})
+    kernel = conv.kernel.numpy()
+    kernel[0, 0, 1, 3] = np.nan
+    conv.kernel.assign(kernel)
+    path = tmp_path_factory.mktemp("nan") / "diverged.keras"
+    model.save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("command", [
+    ["predict", "IMAGE", "--dataset", "cityscapes", "--output", "OUT"],
+    ["export", "--format", "saved_model", "--output", "OUT"],
+    ["eval", "--dataset", "cityscapes", "--data-dir", "OUT"],
+])
+def test_nonfinite_weights_are_refused_unless_allowed(tmp_path, nan_checkpoint, capsys, command):
+    image = tmp_path / "a.png"
+    write_png(str(image), np.full((9, 13, 3), 10, np.uint8))
+    args = [str(image) if a == "IMAGE" else str(tmp_path / "out") if a == "OUT" else a for a in command]
+    args[1:1] = ["--checkpoint", nan_checkpoint]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"diverged.keras: weights hold NaN or Inf \(head/kernel; .*--allow-nonfinite", err), err
+    assert not (tmp_path / "out").exists()
+    if command[0] == "predict":  # the flag lets the user look at it anyway
+        assert main(args + ["--allow-nonfinite"]) == 0
+
+
+def test_python_exports_refuse_nonfinite_weights(tmp_path, nan_checkpoint):
+    from gsto_tf.export import export_saved_model, export_tflite
+    from gsto_tf.models import CheckpointError
+
+    model = keras.saving.load_model(nan_checkpoint)
+    with pytest.raises(CheckpointError, match="weights hold NaN or Inf"):
+        export_saved_model(model, tmp_path / "sm")
+    with pytest.raises(CheckpointError, match="weights hold NaN or Inf"):
+        export_tflite(model, tmp_path / "m.tflite", (8, 8))
+    assert not list(tmp_path.iterdir())
+
+
+def test_damaged_keras_file_is_named_as_damaged_not_missing(tmp_path, checkpoint, capsys):
+    from gsto_tf.models import CheckpointError, load_checkpoint
+
+    damaged = tmp_path / "damaged.keras"
+    damaged.write_bytes(open(checkpoint, "rb").read()[:200])
+    with pytest.raises(CheckpointError, match=r"damaged.keras: not a Keras archive .*damaged or another kind"):
+        load_checkpoint(damaged)
+    write_png(str(tmp_path / "a.png"), np.zeros((9, 13, 3), np.uint8))
+    assert main(["predict", str(tmp_path / "a.png"), "--checkpoint", str(damaged), "--dataset", "cityscapes",
+                 "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "not a Keras archive" in err and "not found" not in err

@@ -84,6 +84,13 @@ def parse_size(text):
     return height, width
 
 
+def add_allow_nonfinite_argument(parser):
+    """``--allow-nonfinite`` (``args.allow_nonfinite``): load a checkpoint whose weights hold NaN / Inf."""
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="load a checkpoint whose weights hold NaN or Inf (refused by default: such a model "
+                        "predicts one class everywhere)")
+
+
 def add_fold_batch_norm_argument(parser):
     """``--no-fold-batch-norm`` (``args.fold_batch_norm``, default True) of the inference commands."""
     parser.add_argument("--no-fold-batch-norm", dest="fold_batch_norm", action="store_false",

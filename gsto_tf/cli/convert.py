@@ -1,7 +1,7 @@
 """`gsto-tf convert`: official PyTorch checkpoint (.pth / .npz) -> Keras `.keras` (+ `.weights.h5`)."""
 
 from gsto_tf.atomic import save_model_atomically
-from gsto_tf.cli.common import UsageError
+from gsto_tf.cli.common import UsageError, add_allow_nonfinite_argument
 from gsto_tf.models.checkpoints import CheckpointError, load_checkpoint
 
 
@@ -16,6 +16,7 @@ def add_arguments(parser):
                         help="the checkpoint is an ImageNet backbone (e.g. hrnetv2_w48_imagenet_pretrained.pth): "
                         "its classifier is ignored, the segmentation head / gates keep their initialisation "
                         "(then --num-classes is required)")
+    add_allow_nonfinite_argument(parser)
 
 
 def main(args):
@@ -23,7 +24,8 @@ def main(args):
         raise UsageError(f"--output: expected a path ending in .keras, got {args.output!r}")
     try:
         model, report = load_checkpoint(args.checkpoint, name=args.model, num_classes=args.num_classes,
-                                        strict=not args.no_strict, backbone_only=args.backbone_only)
+                                        strict=not args.no_strict, backbone_only=args.backbone_only,
+                                        allow_nonfinite=args.allow_nonfinite)
     except CheckpointError as exc:
         raise UsageError(f"convert failed: {exc}") from exc
     print(report.summary())

@@ -5,7 +5,14 @@ import os
 import numpy as np
 
 from gsto_tf.atomic import save_png
-from gsto_tf.cli.common import UsageError, add_dataset_argument, add_fold_batch_norm_argument, dataset_spec, parse_size
+from gsto_tf.cli.common import (
+    UsageError,
+    add_allow_nonfinite_argument,
+    add_dataset_argument,
+    add_fold_batch_norm_argument,
+    dataset_spec,
+    parse_size,
+)
 from gsto_tf.data import DatasetError, build_eval_dataset, resolve_data_dir
 from gsto_tf.evaluation import evaluate, test_setting
 from gsto_tf.models import CheckpointError, inference_model, load_checkpoint
@@ -29,6 +36,7 @@ def add_arguments(parser):
     parser.add_argument("--run-dir", default=None, help="where metrics JSON/CSV go (default: beside the checkpoint)")
     parser.add_argument("--submission-dir", help="also write Cityscapes test-server PNGs (label ids) here")
     add_fold_batch_norm_argument(parser)
+    add_allow_nonfinite_argument(parser)
 
 
 def _setting(args, spec):
@@ -65,7 +73,8 @@ def main(args):
     try:
         model, report = load_checkpoint(
             args.checkpoint, name=args.model, num_classes=args.num_classes or spec.num_classes,
-            classes_of="--num-classes" if args.num_classes else f"dataset '{spec.name}'")
+            classes_of="--num-classes" if args.num_classes else f"dataset '{spec.name}'",
+            allow_nonfinite=args.allow_nonfinite)
     except CheckpointError as exc:
         raise UsageError(f"eval: {exc}") from exc
     if report is not None:

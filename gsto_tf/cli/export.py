@@ -2,6 +2,7 @@
 
 from gsto_tf.cli.common import (
     UsageError,
+    add_allow_nonfinite_argument,
     add_dataset_argument,
     add_fold_batch_norm_argument,
     dataset_spec,
@@ -38,6 +39,7 @@ def add_arguments(parser):
     parser.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
     parser.add_argument("--num-images", type=int, default=8, help="images for calibration / parity")
     add_fold_batch_norm_argument(parser)
+    add_allow_nonfinite_argument(parser)
 
 
 def tflite_size(text):
@@ -57,19 +59,22 @@ def sample_images(dataset, data_dir, size, count):
 
 
 def main(args):
+    if args.format == "saved_model" and args.quantize != "none":
+        raise UsageError(f"export: --quantize {args.quantize} is for --format tflite; a SavedModel keeps the "
+                         "model's float weights")
     spec = dataset_spec(args.dataset or "synthetic")
     if args.dataset is None and args.checkpoint.endswith(".weights.h5"):
         raise UsageError("export: a .weights.h5 checkpoint needs --model and --dataset (which gives its classes)")
     try:
         model, _ = load_checkpoint(args.checkpoint, name=args.model,
                                    num_classes=spec.num_classes if args.dataset else None,
-                                   classes_of=f"dataset '{spec.name}'")
+                                   classes_of=f"dataset '{spec.name}'", allow_nonfinite=args.allow_nonfinite)
     except CheckpointError as exc:
         raise UsageError(f"export: {exc}") from exc
     if args.format == "saved_model":
         try:
             path = export_saved_model(model, args.output, overwrite=args.overwrite, max_pixels=args.max_pixels,
-                                      fold_batch_norm=args.fold_batch_norm)
+                                      fold_batch_norm=args.fold_batch_norm, allow_nonfinite=args.allow_nonfinite)
         except (FileExistsError, ValueError) as exc:
             raise UsageError(str(exc)) from exc
         cap = f"at most {args.max_pixels} pixels per request" if args.max_pixels else "no pixel cap"
@@ -84,7 +89,7 @@ def main(args):
     try:
         path = export_tflite(model, args.output, size, args.quantize, overwrite=args.overwrite,
                              representative_images=images if args.quantize == "int8" else None,
-                             fold_batch_norm=args.fold_batch_norm)
+                             fold_batch_norm=args.fold_batch_norm, allow_nonfinite=args.allow_nonfinite)
     except FileExistsError as exc:
         raise UsageError(str(exc)) from exc
     with native_info_hidden():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate"

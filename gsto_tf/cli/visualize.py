@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from gsto_tf.cli.common import UsageError, add_dataset_argument, dataset_spec
+from gsto_tf.cli.common import UsageError, add_allow_nonfinite_argument, add_dataset_argument, dataset_spec
 from gsto_tf.data import build_eval_dataset, resolve_data_dir
 from gsto_tf.evaluation import Predictor, SegmentationMetrics, test_setting
 from gsto_tf.models import CheckpointError, gate_model, inference_model, load_checkpoint
@@ -25,6 +25,7 @@ def add_arguments(parser):
     parser.add_argument("--opacity", type=float, default=0.5)
     parser.add_argument("--metrics", help="metrics JSON (confusion)")
     parser.add_argument("--run-dir", help="training run dir (curves)")
+    add_allow_nonfinite_argument(parser)
 
 
 def _models(args, spec):
@@ -32,7 +33,8 @@ def _models(args, spec):
         raise UsageError(f"visualize {args.kind}: --checkpoint is required")
     try:
         models = [load_checkpoint(p, name=args.model, num_classes=spec.num_classes,
-                                  classes_of=f"dataset '{spec.name}'")[0] for p in args.checkpoint]
+                                  classes_of=f"dataset '{spec.name}'",
+                                  allow_nonfinite=args.allow_nonfinite)[0] for p in args.checkpoint]
     except CheckpointError as exc:
         raise UsageError(f"visualize: {exc}") from exc
     # Row labels: the model names, made unique with the checkpoint path when two models share a name.

@@ -69,9 +69,10 @@ def output_names(paths):
     return names
 
 
-def predict_files(model, paths, output_dir, palette, *, setting=None, opacity=0.5, flip_pairs=()):
+def predict_files(model, paths, output_dir, palette, *, setting=None, opacity=0.5, flip_pairs=(), overwrite=False):
     """Write ``<name>_labels.png`` (train ids) and ``<name>_overlay.png`` per image (names from
-    :func:`output_names`); returns written paths. An output that is one of the inputs is refused."""
+    :func:`output_names`); returns written paths. Refused before any image is read: an output that is one of the
+    inputs; an ``output_dir`` that is a file; outputs that exist already, unless ``overwrite``."""
     from gsto_tf.evaluation.settings import TestSetting
 
     names = output_names(paths)
@@ -81,6 +82,13 @@ def predict_files(model, paths, output_dir, palette, *, setting=None, opacity=0.
     clash = next((out for pair in outputs.values() for out in pair if os.path.realpath(out) in inputs), None)
     if clash is not None:
         raise ValueError(f"predict: the output {clash} is also an input; choose another --output folder")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"predict: --output {output_dir} is a file, not a folder")
+    existing = [out for pair in outputs.values() for out in pair if os.path.lexists(out)]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise ValueError(f"predict: {existing[0]}{more} exist already; pass --overwrite to replace them, or choose "
+                         "another --output folder")
     predictor = Predictor.from_setting(model, setting or TestSetting(), flip_pairs)
     os.makedirs(output_dir, exist_ok=True)
     written = []

@@ -28,6 +28,7 @@ from gsto_tf.atomic import default_permissions, make_temp_dir
 from gsto_tf.data.normalization import normalize_image
 from gsto_tf.layers.resize import resize_bilinear
 from gsto_tf.models import inference_model
+from gsto_tf.models.checkpoints import check_finite
 
 DEFAULT_MAX_PIXELS = 4 * 1024 * 2048
 
@@ -80,11 +81,14 @@ class SegmentationServingModule(tf.Module):
         return self._predict(self._checked(images))
 
 
-def export_saved_model(model, path, overwrite=False, max_pixels=DEFAULT_MAX_PIXELS, fold_batch_norm=True):
+def export_saved_model(model, path, overwrite=False, max_pixels=DEFAULT_MAX_PIXELS, fold_batch_norm=True,
+                       allow_nonfinite=False):
     """Export ``model`` (a gsto_tf model or any Keras model with one logits output) to ``path``; requests of more
     than ``max_pixels`` pixels (N x H x W, 0 = no cap) are refused by the signatures. ``fold_batch_norm``: export
     the graph with BatchNorm folded into the convolutions (:mod:`gsto_tf.models.folding`; same outputs, fewer
-    ops)."""
+    ops). Weights holding NaN / Inf are refused (:class:`~gsto_tf.models.CheckpointError`) unless
+    ``allow_nonfinite``."""
+    check_finite(model, f"export of model '{model.name}'", allow_nonfinite)
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"export: {path} exists (pass overwrite=True / --overwrite to replace it)")

@@ -25,6 +25,7 @@ import tensorflow as tf
 from gsto_tf.atomic import write_atomically
 from gsto_tf.data.normalization import normalize_image
 from gsto_tf.models import inference_model
+from gsto_tf.models.checkpoints import check_finite
 
 QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8")
 
@@ -73,9 +74,11 @@ def convert_to_tflite(model, input_size, quantize="none", representative_images=
 
 
 def export_tflite(model, path, input_size, quantize="none", representative_images=None, overwrite=False,
-                  fold_batch_norm=True):
+                  fold_batch_norm=True, allow_nonfinite=False):
     """Convert and write atomically; returns the path. ``input_size=None`` exports a dynamic-size model. An
-    existing file is replaced only with ``overwrite=True``. ``fold_batch_norm``: see :func:`convert_to_tflite`."""
+    existing file is replaced only with ``overwrite=True``. ``fold_batch_norm``: see :func:`convert_to_tflite`.
+    Weights holding NaN / Inf are refused (:class:`~gsto_tf.models.CheckpointError`) unless ``allow_nonfinite``."""
+    check_finite(model, f"export of model '{model.name}'", allow_nonfinite)
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"export: {os.fspath(path)} exists (pass overwrite=True / --overwrite to replace it)")
     data = convert_to_tflite(model, input_size, quantize, representative_images, fold_batch_norm)
@@ -140,17 +143,19 @@ class TFLiteRunner:
     def _prepared(self, image):
         """``image`` as a normalised float32 ``[1, H, W, 3]`` of a size this model takes, or a ValueError."""
         image = np.asarray(image)
-        if image.dtype == np.uint8:
-            image = np.asarray(normalize_image(image))
-        elif image.dtype.kind != "f":
+        given_shape = image.shape
+        if image.dtype != np.uint8 and image.dtype.kind != "f":
             raise ValueError(f"{self.path}: image of dtype {image.dtype}; pass uint8 RGB (normalised here) or float32 "
                              "normalised with gsto_tf.data.normalize_image")
-        image = image.astype(np.float32, copy=False)
         if image.ndim == 3:
             image = image[None]
+        # Shape first: normalisation would broadcast a 1-channel image to 3 channels and pass.
         if image.ndim != 4 or image.shape[0] != 1 or image.shape[3] != 3:
-            raise ValueError(f"{self.path}: input of shape {image.shape}; pass one RGB image [H, W, 3] or a batch "
-                             "of one [1, H, W, 3]")
+            raise ValueError(f"{self.path}: input of shape {given_shape}; pass one RGB image [H, W, 3] or "
+                             "a batch of one [1, H, W, 3]")
+        if image.dtype == np.uint8:
+            image = np.asarray(normalize_image(image))
+        image = image.astype(np.float32, copy=False)
         if 0 in image.shape:
             raise ValueError(f"{self.path}: empty image of shape {image.shape}")
         (_, h, w, _), (_, got_h, got_w, _) = self.input_shape, image.shape

@@ -54,6 +54,24 @@ class CheckpointError(ValueError):
     """A checkpoint file cannot be read or does not fit the model."""
 
 
+def nonfinite_weights(model):
+    """Paths of ``model``'s weights that hold a NaN or an infinity (a diverged run, a damaged file)."""
+    return [w.path for w in model.weights
+            if w.dtype.startswith(("float", "bfloat")) and not np.all(np.isfinite(keras.ops.convert_to_numpy(w)))]
+
+
+def check_finite(model, source, allow_nonfinite=False):
+    """Raise :class:`CheckpointError` when ``model`` has NaN / Inf weights, naming ``source`` and the first of
+    them; a model with such weights predicts one class everywhere and exports without a word otherwise."""
+    if allow_nonfinite:
+        return
+    bad = nonfinite_weights(model)
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise CheckpointError(f"{source}: weights hold NaN or Inf ({bad[0]}{more}; a training run that diverged?); "
+                              "pass --allow-nonfinite (allow_nonfinite=True) to use them anyway")
+
+
 @dataclasses.dataclass(frozen=True)
 class _StorageType:
     name: str  # e.g. "FloatStorage"; a storage type without a numpy dtype is refused when a tensor uses it
@@ -524,7 +542,7 @@ def _check_class_count(found, num_classes, source, classes_of):
 
 
 def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, backbone_only=False,
-                    classes_of=None, **build_options):
+                    classes_of=None, allow_nonfinite=False, **build_options):
     """Load any gsto_tf checkpoint; returns ``(model, report)`` (report is None for Keras formats).
 
     ``num_classes``, when given, is also checked: a checkpoint that predicts another number of classes raises
@@ -538,7 +556,16 @@ def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, 
       :func:`build_options_from_state` finds, e.g. the 3x3 ASPP bottleneck of an mmseg DeepLabV3). With
       ``backbone_only=True`` the file is an ImageNet backbone checkpoint: its classifier keys are ignored and the
       head / gate weights stay initialised (listed in the report, not errors even when ``strict``).
+
+    Weights that hold NaN or Inf raise :class:`CheckpointError` unless ``allow_nonfinite``.
     """
+    model, report = _load_checkpoint(path, model, name, num_classes, strict, backbone_only, classes_of,
+                                     build_options)
+    check_finite(model, os.fspath(path), allow_nonfinite)
+    return model, report
+
+
+def _load_checkpoint(path, model, name, num_classes, strict, backbone_only, classes_of, build_options):
     from gsto_tf.models.factory import available_models, build
 
     # Importing every model family registers its custom layers, which deserialising a .keras file needs.
@@ -547,6 +574,9 @@ def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, 
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.endswith(".keras"):
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path}: not a Keras archive (a .keras file is a zip archive; this one is damaged "
+                                  "or another kind of file)")
         try:
             # compile=False: a training checkpoint stores its optimizer (TorchSGD) and losses, which loading for
             # inference needs neither to import nor to rebuild; recompile to train further.
