@@ -15,10 +15,16 @@ TEMP_PREFIX = ".tmp-"
 # writers raise tf.errors.* with the OS message inside).
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 _NO_SPACE_TEXT = ("No space left on device", "File too large", "Disk quota exceeded")
+# Folders that cannot be written at all: read-only file systems, missing permissions, a file where a folder belongs.
+_NOT_WRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+_NOT_WRITABLE_TEXT = ("Read-only file system", "Permission denied")
+# os.makedirs(exist_ok=True) meets a file where a folder belongs: EEXIST for the file itself, ENOTDIR below it.
+_FILE_IN_PATH_ERRNOS = (errno.ENOTDIR, errno.EEXIST)
 
 
 class StorageError(OSError):
-    """A file could not be written because the disk (or the process's file-size limit) is full."""
+    """A file could not be written: the disk (or the process's file-size limit) is full, or the folder is read-only,
+    not writable by this user, or not a folder."""
 
     def __str__(self):
         return self.strerror
@@ -26,7 +32,8 @@ class StorageError(OSError):
 
 @contextlib.contextmanager
 def storage_errors(target):
-    """Turn a full-disk failure while writing ``target`` into one :class:`StorageError` sentence; other errors pass.
+    """Turn a failure to write ``target`` (full disk, read-only or forbidden folder, a file in the path) into one
+    :class:`StorageError` sentence; other errors pass.
 
     Writers here replace files atomically, so what was written before the failure is intact.
     """
@@ -36,15 +43,24 @@ def storage_errors(target):
         raise
     except Exception as exc:  # OSError from Python writers, tf.errors.OpError from TensorFlow's
         text = str(exc)
-        if getattr(exc, "errno", None) in _NO_SPACE_ERRNOS or any(t in text for t in _NO_SPACE_TEXT):
-            reason = next((t for t in _NO_SPACE_TEXT if t in text), os.strerror(exc.errno) if getattr(
-                exc, "errno", None) else text.splitlines()[0])
-            raise StorageError(
-                errno.ENOSPC,
-                f"cannot write {target}: {reason}. Files written before are intact; free space (or raise the file "
-                "size limit) and rerun the same command",
-            ) from None
+        code = getattr(exc, "errno", None)
+        if code in _NO_SPACE_ERRNOS or any(t in text for t in _NO_SPACE_TEXT):
+            reason = _reason(exc, text, _NO_SPACE_TEXT)
+            raise StorageError(errno.ENOSPC, f"cannot write {target}: {reason}. Files written before are intact; "
+                               "free space (or raise the file size limit) and rerun the same command") from None
+        if code in _FILE_IN_PATH_ERRNOS or "Not a directory" in text:
+            raise StorageError(errno.ENOTDIR, f"cannot write {target}: a part of the path is a file, not a "
+                               "folder") from None
+        if code in _NOT_WRITABLE_ERRNOS or any(t in text for t in _NOT_WRITABLE_TEXT):
+            reason = _reason(exc, text, _NOT_WRITABLE_TEXT)
+            raise StorageError(code or errno.EACCES, f"cannot write {target}: {reason}; choose a folder this user "
+                               "can write") from None
         raise
+
+
+def _reason(exc, text, known):
+    code = getattr(exc, "errno", None)
+    return next((t for t in known if t in text), os.strerror(code) if code else text.splitlines()[0])
 
 
 def remove_temp_files(directory):
@@ -99,19 +115,19 @@ def write_atomically(path, write):
     ``path`` (``.keras``, ``.weights.h5``, ``.csv``), which writers such as Keras' ``save`` check."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     base = os.path.basename(path)
     suffix = base[base.index("."):] if "." in base else ""
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=suffix)
-    os.close(fd)
-    try:
-        with storage_errors(path):
+    with storage_errors(path):
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=suffix)
+        os.close(fd)
+        try:
             write(tmp)
-        default_permissions(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            default_permissions(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return path
 
 

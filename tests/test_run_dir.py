@@ -28,14 +28,19 @@ def _env():
 
 @pytest.mark.parametrize("setting, message", [
     ("train.lr=-0.1", "train.lr must be a positive number, got -0.1"),
-    ("train.global_batch_size=0", "train.global_batch_size must be an integer >= 1, got 0"),
+    ("train.global_batch_size=0", "train.global_batch_size must be an integer in [1, 4096], got 0"),
+    ("train.global_batch_size=100000", "train.global_batch_size must be an integer in [1, 4096], got 100000"),
+    ("train.seed=4294967296", "train.seed must be an integer in [0, 2**32), got 4294967296"),
+    ("data.crop_size=[512,1000000]", "data.crop_size must be two integers [h, w] in [1, 8192], got [512, 1000000]"),
+    ("train.lr=[1,", "--set train.lr: not valid YAML (while parsing a flow node"),
+    ("train.lr=" + "9" * 500, "train.lr must be a finite number, got " + "9" * 77 + "..."),
     ("train.global_batch_size=2.5", "train.global_batch_size must be an integer, got 2.5"),
     ("train.steps=0", "train.steps must be an integer >= 1 (or null), got 0"),
     ("train.steps=-5", "train.steps must be an integer >= 1 (or null), got -5"),
     ("train.lr=fast", "train.lr must be a number, got 'fast'"),
     ("train.momentum=1.5", "train.momentum must be a number in [0, 1), got 1.5"),
     ("model.name=gsto_hrnet_w18_smal_v2", "unknown model 'gsto_hrnet_w18_smal_v2'; did you mean gsto_hrnet_w18_small_v2"),
-    ("data.crop_size=[64]", "data.crop_size must be two positive integers [h, w], got [64]"),
+    ("data.crop_size=[64]", "data.crop_size must be two integers [h, w] in [1, 8192], got [64]"),
     ("data.scale_range=[2.0,0.5]", "data.scale_range must be [lo, hi] with 0 < lo <= hi, got [2.0, 0.5]"),
     ("train.strategy=tpu", "train.strategy must be one of auto, default, mirrored, multi_worker, got 'tpu'"),
     ("train.ohem=yes please", "train.ohem must be true or false, got 'yes please'"),
@@ -59,7 +64,7 @@ def test_yaml_scientific_notation_is_a_float(tmp_path):
 def test_every_bad_value_is_named_at_once():
     with pytest.raises(ConfigError) as info:
         make_config("synthetic", sets=["train.lr=-1", "train.global_batch_size=0"])
-    assert str(info.value) == ("train.global_batch_size must be an integer >= 1, got 0; "
+    assert str(info.value) == ("train.global_batch_size must be an integer in [1, 4096], got 0; "
                                "train.lr must be a positive number, got -1.0")
 
 
@@ -69,9 +74,45 @@ def test_cli_config_error_is_one_line_exit_2_and_writes_nothing(tmp_path):
                          capture_output=True, text=True, timeout=300, env=_env())
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert lines[-1] == "config error: train.lr must be a positive number, got -1.0", out.stderr
+    assert lines[-1] == "train: train.lr must be a positive number, got -1.0", out.stderr
     assert "Traceback" not in out.stderr
     assert not run.exists()
+
+
+_ALIAS_BOMB = "model:\n  options:\n    a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"    {chr(98 + k)}: &{chr(98 + k)} [*{chr(97 + k)}, *{chr(97 + k)}, *{chr(97 + k)}, *{chr(97 + k)}]\n"
+    for k in range(12))
+
+
+@pytest.mark.parametrize("config_text, message", [
+    ("train:\n  lr: [0.01\n", "not valid YAML (while parsing a flow sequence"),
+    (_ALIAS_BOMB, "not valid YAML (aliases (*name) are not allowed"),
+    ("train: [1, 2]\n", "section 'train' must be a mapping, got [1, 2]"),
+])
+def test_config_file_errors_are_one_line_and_write_nothing(tmp_path, capsys, config_text, message):
+    from gsto_tf.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text)
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and len(err) < 600, err
+    assert not run.exists()
+
+
+def test_model_options_the_model_refuses_are_a_config_error_before_anything_is_written(tmp_path, capsys):
+    from gsto_tf.cli import main
+
+    data = ensure_synthetic(str(tmp_path / "data"), height=16, width=32, train=2, val=2)
+    run = tmp_path / "run"
+    for option, words in (("gate_styl=paper", "unexpected keyword argument 'gate_styl'"),
+                          ("gate_style=3", "model.options (gate_style=3) refused by model")):
+        assert main(["train", "--data-dir", data, "--run-dir", str(run), "--model", "gsto_hrnet_w18_small_v1",
+                     "--steps", "1", "--batch-size", "2", "--set", f"model.options.{option}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and "Traceback" not in err and "\n" not in err, err
+        assert not run.exists()
 
 
 def _config(**sets):
@@ -233,7 +274,7 @@ def test_training_on_a_full_disk_ends_in_one_message_and_resumes(tmp_path):
                          preexec_fn=limit_file_size)
     assert out.returncode == 2, out.stderr[-2000:]
     last = [line for line in out.stderr.splitlines() if line.strip()][-1]
-    assert last.startswith("cannot write ") and "File too large" in last and "rerun the same command" in last, last
+    assert last.startswith("train: cannot write ") and "File too large" in last and "rerun the same command" in last, last
     assert "Traceback" not in out.stderr
     saved = (run / "config.yaml").read_text()
     leftovers = [os.path.join(d, f) for d, _, files in os.walk(run) for f in files if f.startswith(".tmp-")]
@@ -248,7 +289,7 @@ def test_training_on_a_full_disk_ends_in_one_message_and_resumes(tmp_path):
 _HOLD_LOCK = """
 import sys, time
 from gsto_tf.training.run_dir import RunDirLock
-RunDirLock(sys.argv[1])
+lock = RunDirLock(sys.argv[1])
 print("locked", flush=True)
 time.sleep(600)
 """

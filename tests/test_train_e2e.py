@@ -16,7 +16,7 @@ def test_missing_data_gives_one_clear_message(tmp_path):
                           "--data-dir", str(tmp_path / "nowhere"), "--run-dir", str(tmp_path / "run")],
                          capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert out.returncode != 0
-    assert "no training data" in out.stderr and "leftImg8bit" in out.stderr and "cityscapes-dataset.com" in out.stderr
+    assert "train: dataset 'cityscapes'" in out.stderr and "leftImg8bit" in out.stderr and "cityscapes-dataset.com" in out.stderr
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 

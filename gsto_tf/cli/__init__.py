@@ -135,9 +135,11 @@ def _user_errors():
     from gsto_tf.atomic import StorageError
     from gsto_tf.data import DatasetError
     from gsto_tf.models import CheckpointError
+    from gsto_tf.training.config import ConfigError
     from gsto_tf.training.run_dir import RunDirError
+    from gsto_tf.user_input import YAMLInputError
 
-    return DatasetError, CheckpointError, RunDirError, StorageError
+    return DatasetError, CheckpointError, ConfigError, RunDirError, StorageError, YAMLInputError
 
 
 def main(argv=None, prog=None):

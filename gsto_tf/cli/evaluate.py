@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from gsto_tf.atomic import save_png
+from gsto_tf.atomic import save_png, storage_errors
 from gsto_tf.cli.common import (
     UsageError,
     add_allow_nonfinite_argument,
@@ -60,7 +60,8 @@ def _setting(args, spec):
 
 def submission_writer(spec, directory):
     """Cityscapes test server: label-id PNGs named like the input (<city>_<seq>_<frame>_leftImg8bit.png)."""
-    os.makedirs(directory, exist_ok=True)
+    with storage_errors(directory):
+        os.makedirs(directory, exist_ok=True)
 
     def write(path, pred):
         save_png(os.path.join(directory, os.path.basename(path)), spec.unmap_labels(pred).astype(np.uint8))

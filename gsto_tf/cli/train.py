@@ -3,8 +3,7 @@
 import datetime
 import os
 
-from gsto_tf.cli.common import UsageError, add_dataset_argument
-from gsto_tf.data import DatasetError
+from gsto_tf.cli.common import add_dataset_argument
 from gsto_tf.training.config import MIXED_PRECISION_POLICIES, STRATEGIES, make_config
 
 
@@ -49,24 +48,14 @@ def config_from_args(args):
 
 
 def main(args):
-    from gsto_tf.atomic import StorageError
-    from gsto_tf.training.run_dir import RunDirError
+    from gsto_tf.data import get_dataset_spec
     from gsto_tf.training.trainer import train
 
-    try:
-        config = config_from_args(args)
-    except ValueError as exc:
-        raise UsageError(f"config error: {exc}") from exc
-    from gsto_tf.data import get_dataset_spec
+    config = config_from_args(args)  # ConfigError: one line, exit 2 (gsto_tf.cli.main)
 
     run_dir = args.run_dir or os.path.join(
         "runs", f"{get_dataset_spec(config.data.dataset).name}-{config.model.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    try:
-        result = train(config, run_dir, evaluate_at_end=not args.no_eval)
-    except DatasetError as exc:
-        raise UsageError(f"no training data: {exc}") from exc
-    except (RunDirError, StorageError) as exc:
-        raise UsageError(str(exc)) from exc
+    result = train(config, run_dir, evaluate_at_end=not args.no_eval)
     if result.stopped_on_nan_at is not None:
         return 3
     print(f"run dir: {result.run_dir} ({result.seconds / 60:.1f} min)")

@@ -12,7 +12,7 @@ the recipe's keys are checked against the experiment config when a run is config
 
 import os
 
-import yaml
+from gsto_tf.user_input import MAX_YAML_BYTES, YAMLInputError, load_yaml, shorten
 
 IGNORE_LABEL = 255  # the train id of ignored pixels everywhere downstream of the label mapping
 LAYOUTS = ("folders", "list", "cityscapes", "pascal_context", "lip")
@@ -40,27 +40,10 @@ _KEYS = {
 }
 _SPLIT_KEYS = ("images", "labels", "list", "size")
 _EVALUATION_KEYS = ("scales", "flip", "mode", "crop_size", "stride")
-_MAX_CARD_BYTES = 1 << 20  # a card is a page of text; anything larger is not one
 
 
 class DatasetCardError(ValueError):
     """A dataset card is missing, unreadable or holds a wrong value; the message names the card and the key."""
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """Safe YAML without anchors / aliases: a card never needs them, and refusing them rules out alias bombs."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a dataset card",
-                                              event.start_mark)
-        return super().compose_node(parent, index)
-
-
-def _short(value, limit=80):
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class _Checker:
@@ -78,32 +61,32 @@ class _Checker:
 
     def int_in(self, key, value, lo, hi):
         if not self.is_int(value) or not lo <= value <= hi:
-            self.fail(key, f"expected an integer in {lo}..{hi}, got {_short(value)}")
+            self.fail(key, f"expected an integer in {lo}..{hi}, got {shorten(value)}")
         return value
 
     def number(self, key, value, positive=False):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and not value > 0):
-            self.fail(key, f"expected a {'positive ' if positive else ''}number, got {_short(value)}")
+            self.fail(key, f"expected a {'positive ' if positive else ''}number, got {shorten(value)}")
         return float(value)
 
     def text(self, key, value):
         if not isinstance(value, str) or not value.strip():
-            self.fail(key, f"expected a non-empty string, got {_short(value)}")
+            self.fail(key, f"expected a non-empty string, got {shorten(value)}")
         return value
 
     def mapping(self, key, value):
         if not isinstance(value, dict):
-            self.fail(key, f"expected a mapping, got {_short(value)}")
+            self.fail(key, f"expected a mapping, got {shorten(value)}")
         return value
 
     def sequence(self, key, value):
         if not isinstance(value, list):
-            self.fail(key, f"expected a list, got {_short(value)}")
+            self.fail(key, f"expected a list, got {shorten(value)}")
         return value
 
     def pair(self, key, value):
         if not isinstance(value, list) or len(value) != 2 or not all(self.is_int(v) and v > 0 for v in value):
-            self.fail(key, f"expected [height, width] (two positive integers), got {_short(value)}")
+            self.fail(key, f"expected [height, width] (two positive integers), got {shorten(value)}")
         return tuple(value)
 
 
@@ -139,7 +122,7 @@ def _palette(check, card, num_classes):
     out = []
     for i, colour in enumerate(palette):
         if not isinstance(colour, list) or len(colour) != 3:
-            check.fail(f"palette[{i}]", f"expected [r, g, b], got {_short(colour)}")
+            check.fail(f"palette[{i}]", f"expected [r, g, b], got {shorten(colour)}")
         out.append(tuple(check.int_in(f"palette[{i}]", c, 0, 255) for c in colour))
     return tuple(out)
 
@@ -225,11 +208,11 @@ def _evaluation(check, card):
         out["scales"] = tuple(check.number("evaluation.scales", s, positive=True) for s in scales)
     if "flip" in section:
         if not isinstance(section["flip"], bool):
-            check.fail("evaluation.flip", f"expected true or false, got {_short(section['flip'])}")
+            check.fail("evaluation.flip", f"expected true or false, got {shorten(section['flip'])}")
         out["flip"] = section["flip"]
     mode = section.get("mode", "whole")
     if mode not in EVALUATION_MODES:
-        check.fail("evaluation.mode", f"expected one of {', '.join(EVALUATION_MODES)}, got {_short(mode)}")
+        check.fail("evaluation.mode", f"expected one of {', '.join(EVALUATION_MODES)}, got {shorten(mode)}")
     out["mode"] = mode
     if mode == "slide":
         if "crop_size" not in section:
@@ -273,12 +256,12 @@ def spec_from_card(card, where, directory=None):
     class_names = _classes(check, card)
     layout = card["layout"]
     if layout not in LAYOUTS:
-        check.fail("layout", f"expected one of {', '.join(LAYOUTS)}, got {_short(layout)}")
+        check.fail("layout", f"expected one of {', '.join(LAYOUTS)}, got {shorten(layout)}")
     raw_to_train, void = _labels(check, card, len(class_names))
     flip_pairs = []
     for i, pair in enumerate(check.sequence("flip_pairs", card.get("flip_pairs", []))):
         if not isinstance(pair, list) or len(pair) != 2:
-            check.fail(f"flip_pairs[{i}]", f"expected [class, class], got {_short(pair)}")
+            check.fail(f"flip_pairs[{i}]", f"expected [class, class], got {shorten(pair)}")
         flip_pairs.append(tuple(_class_index(check, f"flip_pairs[{i}]", c, class_names) for c in pair))
     weights = None
     if "class_weights" in card:
@@ -288,7 +271,7 @@ def spec_from_card(card, where, directory=None):
         weights = tuple(check.number("class_weights", w, positive=True) for w in weights)
     generator = card.get("generator")
     if generator is not None and generator not in GENERATORS:
-        check.fail("generator", f"expected one of {', '.join(GENERATORS)}, got {_short(generator)}")
+        check.fail("generator", f"expected one of {', '.join(GENERATORS)}, got {shorten(generator)}")
     instance_classes, categories = _instances(check, card, class_names)
     splits = _splits(check, card, layout)
     for key in ("layout_help", "source", "invalid_values_hint"):
@@ -335,17 +318,15 @@ def read_card(path):
     if not os.path.isfile(path):
         raise DatasetCardError(f"dataset card {path}: file not found")
     try:
-        if os.path.getsize(path) > _MAX_CARD_BYTES:
+        if os.path.getsize(path) > MAX_YAML_BYTES:
             raise DatasetCardError(f"dataset card {path}: {os.path.getsize(path)} bytes; a card is at most "
-                                   f"{_MAX_CARD_BYTES} bytes of YAML")
+                                   f"{MAX_YAML_BYTES} bytes of YAML")
         with open(path, encoding="utf-8") as f:
-            card = yaml.load(f, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
+            card = load_yaml(f, f"dataset card {path}")
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetCardError(f"dataset card {path}: cannot be read ({exc})") from None
-    except yaml.YAMLError as exc:
-        detail = " ".join(str(exc).split())
-        detail = detail if len(detail) <= 300 else detail[:297] + "..."
-        raise DatasetCardError(f"dataset card {path}: not valid YAML ({detail})") from None
+    except YAMLInputError as exc:
+        raise DatasetCardError(str(exc)) from None
     return spec_from_card(card, path, os.path.dirname(path))
 
 

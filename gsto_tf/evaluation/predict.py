@@ -7,7 +7,7 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gsto_tf.atomic import save_png
+from gsto_tf.atomic import save_png, storage_errors
 from gsto_tf.data.normalization import normalize_image
 from gsto_tf.evaluation.inference import Predictor
 
@@ -90,7 +90,8 @@ def predict_files(model, paths, output_dir, palette, *, setting=None, opacity=0.
         raise ValueError(f"predict: {existing[0]}{more} exist already; pass --overwrite to replace them, or choose "
                          "another --output folder")
     predictor = Predictor.from_setting(model, setting or TestSetting(), flip_pairs)
-    os.makedirs(output_dir, exist_ok=True)
+    with storage_errors(f"--output {output_dir}"):
+        os.makedirs(output_dir, exist_ok=True)
     written = []
     for path, (label_path, overlay_path) in outputs.items():
         rgb = load_rgb(path)

@@ -24,7 +24,7 @@ import tempfile
 
 import tensorflow as tf
 
-from gsto_tf.atomic import default_permissions, make_temp_dir
+from gsto_tf.atomic import default_permissions, make_temp_dir, storage_errors
 from gsto_tf.data.normalization import normalize_image
 from gsto_tf.layers.resize import resize_bilinear
 from gsto_tf.models import inference_model
@@ -93,22 +93,22 @@ def export_saved_model(model, path, overwrite=False, max_pixels=DEFAULT_MAX_PIXE
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"export: {path} exists (pass overwrite=True / --overwrite to replace it)")
     parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
     module = SegmentationServingModule(model, max_pixels, fold_batch_norm)
-    tmp = make_temp_dir(parent, ".export-")
-    try:
-        tf.saved_model.save(module, tmp, signatures={
-            "serving_default": module.serve_uint8.get_concrete_function(),
-            "serving_normalized": module.serve_normalized.get_concrete_function(),
-        })
-        default_permissions(tmp, recursive=True)
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(dir=parent, prefix=".old-")
-            os.rename(path, os.path.join(old, "x"))
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    signatures = {"serving_default": module.serve_uint8.get_concrete_function(),
+                  "serving_normalized": module.serve_normalized.get_concrete_function()}
+    with storage_errors(path):  # full disk, read-only folder: one sentence, the previous export intact
+        os.makedirs(parent, exist_ok=True)
+        tmp = make_temp_dir(parent, ".export-")
+        try:
+            tf.saved_model.save(module, tmp, signatures=signatures)
+            default_permissions(tmp, recursive=True)
+            if os.path.exists(path):
+                old = tempfile.mkdtemp(dir=parent, prefix=".old-")
+                os.rename(path, os.path.join(old, "x"))
+                os.rename(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return path

@@ -14,11 +14,16 @@ from typing import Optional
 import yaml
 
 from gsto_tf.atomic import write_atomically
+from gsto_tf.user_input import YAMLInputError, load_yaml, shorten
 
 # tf.distribute strategies by name, made by gsto_tf.training.distribute.make_strategy (`--strategy`, train.strategy).
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 # Keras mixed-precision policies a run may use (`--mixed-precision`, train.mixed_precision; None: float32).
 MIXED_PRECISION_POLICIES = ("mixed_bfloat16", "mixed_float16")
+# Bounds that catch typos (an extra zero) before a run starts and fails hours later out of memory: far above any
+# published recipe (crops of 1024x2048 at most, global batches of 16 to 64).
+MAX_CROP_SIDE = 8192
+MAX_GLOBAL_BATCH = 4096
 
 
 @dataclasses.dataclass
@@ -97,19 +102,19 @@ CARD_RECIPE_DEFAULTS = {"train": {"epochs": 100}}
 def _merge(config, overrides, where):
     for section, values in overrides.items():
         if not hasattr(config, section) or not dataclasses.is_dataclass(getattr(config, section)):
-            raise ValueError(f"{where}: unknown config section {section!r}; valid: data, model, train, eval")
+            raise ConfigError(f"{where}: unknown config section {section!r}; valid: data, model, train, eval")
         target = getattr(config, section)
         if not isinstance(values, dict):
-            raise ValueError(f"{where}: section {section!r} must be a mapping, got {values!r}")
+            raise ConfigError(f"{where}: section {section!r} must be a mapping, got {shorten(values)}")
         names = {f.name for f in dataclasses.fields(target)}
         for key, value in values.items():
             if key not in names:
-                raise ValueError(f"{where}: unknown key {section}.{key}; valid: {sorted(names)}")
+                raise ConfigError(f"{where}: unknown key {section}.{key}; valid: {sorted(names)}")
             current = getattr(target, key)
             if isinstance(current, dict):
                 # Mapping fields (model.options) merge key by key, so a later source changes one option only.
                 if not isinstance(value, dict):
-                    raise ValueError(f"{where}: {section}.{key} must be a mapping, got {value!r}")
+                    raise ConfigError(f"{where}: {section}.{key} must be a mapping, got {shorten(value)}")
                 value = {**current, **value}
             setattr(target, key, value)
 
@@ -122,17 +127,20 @@ def parse_set(items):
     out = {}
     for item in items or ():
         if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"--set: expected section.key=value (e.g. train.lr=0.01), got {item!r}")
+            raise ConfigError(f"--set: expected section.key=value (e.g. train.lr=0.01), got {shorten(item)}")
         key, value = item.split("=", 1)
         parts = key.split(".")
         if not all(parts):
-            raise ValueError(f"--set: empty name in {key!r}; expected section.key=value (e.g. train.lr=0.01)")
+            raise ConfigError(f"--set: empty name in {key!r}; expected section.key=value (e.g. train.lr=0.01)")
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"--set: {key!r} sets an entry inside a value that is not a mapping")
-        node[parts[-1]] = yaml.safe_load(value)
+                raise ConfigError(f"--set: {key!r} sets an entry inside a value that is not a mapping")
+        try:
+            node[parts[-1]] = load_yaml(value, f"--set {key}")
+        except YAMLInputError as exc:
+            raise ConfigError(str(exc)) from None
     return out
 
 
@@ -142,6 +150,13 @@ class ConfigError(ValueError):
 
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(number):
+    try:
+        return math.isfinite(float(number))
+    except OverflowError:  # an int beyond float's range
+        return False
 
 
 def _coerce(key, value, annotation):
@@ -157,25 +172,25 @@ def _coerce(key, value, annotation):
             try:
                 value = float(value)
             except ValueError:
-                return None, f"{key} must be a number, got {value!r}"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return None, f"{key} must be a finite number, got {value!r}"
+                return None, f"{key} must be a number, got {shorten(value)}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+            return None, f"{key} must be a finite number, got {shorten(value)}"
         return float(value), None
     if annotation is int:
         if not _is_int(value):
-            return None, f"{key} must be an integer, got {value!r}"
+            return None, f"{key} must be an integer, got {shorten(value)}"
         return value, None
     if annotation is bool:
         if not isinstance(value, bool):
-            return None, f"{key} must be true or false, got {value!r}"
+            return None, f"{key} must be true or false, got {shorten(value)}"
         return value, None
     if annotation is str:
         if not isinstance(value, str) or not value:
-            return None, f"{key} must be a non-empty string, got {value!r}"
+            return None, f"{key} must be a non-empty string, got {shorten(value)}"
         return value, None
     if annotation in (list, dict):
         if not isinstance(value, annotation):
-            return None, f"{key} must be a {'list' if annotation is list else 'mapping'}, got {value!r}"
+            return None, f"{key} must be a {'list' if annotation is list else 'mapping'}, got {shorten(value)}"
         return value, None
     raise TypeError(f"no type rule for config field {key} ({annotation})")
 
@@ -185,18 +200,19 @@ def _pair(key, value, positive_ints):
         return None
     ok = isinstance(value, list) and len(value) == 2
     if positive_ints:
-        ok = ok and all(_is_int(v) and v > 0 for v in value)
-        return None if ok else f"{key} must be two positive integers [h, w], got {value!r}"
+        ok = ok and all(_is_int(v) and 0 < v <= MAX_CROP_SIDE for v in value)
+        return None if ok else f"{key} must be two integers [h, w] in [1, {MAX_CROP_SIDE}], got {shorten(value)}"
     ok = ok and all(not isinstance(v, bool) and isinstance(v, (int, float)) for v in value)
     ok = ok and 0 < value[0] <= value[1]
-    return None if ok else f"{key} must be [lo, hi] with 0 < lo <= hi, got {value!r}"
+    return None if ok else f"{key} must be [lo, hi] with 0 < lo <= hi, got {shorten(value)}"
 
 
 def _range_problems(config):
     """Range rules of the fields whose type is already right: (key, ok, what is expected)."""
     t, d, e = config.train, config.data, config.eval
     rules = [
-        ("train.global_batch_size", t.global_batch_size >= 1, "an integer >= 1"),
+        ("train.global_batch_size", 1 <= t.global_batch_size <= MAX_GLOBAL_BATCH,
+         f"an integer in [1, {MAX_GLOBAL_BATCH}]"),
         ("train.lr", t.lr > 0, "a positive number"),
         ("train.weight_decay", t.weight_decay >= 0, "a number >= 0"),
         ("train.momentum", 0 <= t.momentum < 1, "a number in [0, 1)"),
@@ -205,7 +221,7 @@ def _range_problems(config):
         ("train.steps", t.steps is None or t.steps >= 1, "an integer >= 1 (or null)"),
         ("train.ohem_thresh", 0 < t.ohem_thresh <= 1, "a probability in (0, 1]"),
         ("train.ohem_min_kept", t.ohem_min_kept >= 1, "an integer >= 1"),
-        ("train.seed", t.seed >= 0, "an integer >= 0"),
+        ("train.seed", 0 <= t.seed < 2**32, "an integer in [0, 2**32)"),
         ("train.mixed_precision", t.mixed_precision in (None, *MIXED_PRECISION_POLICIES),
          f"null, {' or '.join(MIXED_PRECISION_POLICIES)}"),
         ("train.strategy", t.strategy in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
@@ -214,15 +230,15 @@ def _range_problems(config):
         ("eval.limit", e.limit is None or e.limit >= 1, "an integer >= 1 (or null)"),
         ("eval.precise_bn_batches", e.precise_bn_batches >= 0, "an integer >= 0 (0 = off)"),
     ]
-    problems = [f"{key} must be {expected}, got {_get(config, key)!r}" for key, ok, expected in rules if not ok]
+    problems = [f"{key} must be {expected}, got {shorten(_get(config, key))}" for key, ok, expected in rules if not ok]
     if t.steps is None and t.epochs is None:
         problems.append("train.steps or train.epochs must be set")
     problems += [p for p in (_pair("data.crop_size", d.crop_size, True), _pair("data.scale_range", d.scale_range,
                                                                                   False)) if p]
     if d.base_size is not None and d.base_size < 1:
-        problems.append(f"data.base_size must be an integer >= 1 (or null), got {d.base_size!r}")
+        problems.append(f"data.base_size must be an integer >= 1 (or null), got {shorten(d.base_size)}")
     if not all(isinstance(k, str) for k in config.model.options):
-        problems.append(f"model.options must map option names to values, got {config.model.options!r}")
+        problems.append(f"model.options must map option names to values, got {shorten(config.model.options)}")
     return problems
 
 
@@ -261,7 +277,7 @@ def validate_config(config):
     if config.model.name not in available_models():
         close = difflib.get_close_matches(config.model.name, available_models(), n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        problems.append(f"model.name: unknown model {config.model.name!r}; {hint}`counts --all` lists every name")
+        problems.append(f"model.name: unknown model {shorten(config.model.name)}; {hint}`counts --all` lists every name")
     if config.model.pretrained is not None and not os.path.isfile(config.model.pretrained):
         problems.append(f"model.pretrained: file not found: {config.model.pretrained}")
     if problems:
@@ -281,11 +297,16 @@ def make_config(dataset="synthetic", yaml_path=None, overrides=None, sets=None):
     config.data.dataset = dataset
     if yaml_path:
         if not os.path.isfile(yaml_path):
-            raise ValueError(f"--config: file not found: {yaml_path}")
-        with open(yaml_path) as f:
-            loaded = yaml.safe_load(f) or {}
+            raise ConfigError(f"--config: file not found: {yaml_path}")
+        try:
+            with open(yaml_path, encoding="utf-8") as f:
+                loaded = load_yaml(f, f"--config {yaml_path}") or {}
+        except YAMLInputError as exc:
+            raise ConfigError(str(exc)) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--config {yaml_path}: cannot be read ({exc})") from None
         if not isinstance(loaded, dict):
-            raise ValueError(f"--config {yaml_path}: expected a mapping of sections, got {type(loaded).__name__}")
+            raise ConfigError(f"--config {yaml_path}: expected a mapping of sections, got {type(loaded).__name__}")
         _merge(config, loaded, yaml_path)
     if overrides:
         _merge(config, overrides, "command line")

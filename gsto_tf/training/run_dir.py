@@ -23,7 +23,7 @@ except ImportError:  # Windows: no advisory locks; the folder is not locked
 
 import yaml
 
-from gsto_tf.atomic import remove_temp_files
+from gsto_tf.atomic import remove_temp_files, storage_errors
 
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".lock"
@@ -101,6 +101,9 @@ class RunDirLock:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
+    def __del__(self):  # a lock nobody keeps is released with it
+        self.release()
+
     def __enter__(self):
         return self
 
@@ -114,7 +117,8 @@ def claim_run_dir(run_dir, config):
     the :class:`RunDirLock`; release it when the run ends.
 
     Raises :class:`RunDirError` (nothing written) when another live run holds the folder, the folder holds another
-    configuration, is not empty but holds no run, or cannot be a folder.
+    configuration, is not empty but holds no run, or cannot be a folder; :class:`~gsto_tf.atomic.StorageError`
+    when it cannot be written (read-only, another user's, a full disk).
     """
     run_dir = os.fspath(run_dir)
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
@@ -123,13 +127,27 @@ def claim_run_dir(run_dir, config):
         os.makedirs(run_dir, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise RunDirError(f"--run-dir {run_dir}: cannot create it, a part of the path is a file") from None
-    lock = RunDirLock(run_dir)
+    except OSError:
+        with storage_errors(f"--run-dir {run_dir}"):
+            raise
+    _refuse_a_folder_that_is_no_run(run_dir)  # before the lock file is put into somebody's folder
+    with storage_errors(f"--run-dir {run_dir}"):
+        lock = RunDirLock(run_dir)
     try:
-        _check_and_write_config(run_dir, config)
+        with storage_errors(f"--run-dir {run_dir}"):
+            _check_and_write_config(run_dir, config)
     except BaseException:
         lock.release()
         raise
     return lock
+
+
+def _refuse_a_folder_that_is_no_run(run_dir):
+    if os.path.exists(os.path.join(run_dir, CONFIG_FILE)):
+        return
+    if any(not name.startswith(LOCK_FILE) for name in os.listdir(run_dir)):
+        raise RunDirError(f"--run-dir {run_dir}: the folder is not empty and holds no {CONFIG_FILE}, so it is not "
+                          "a gsto_tf run; choose a new or empty folder")
 
 
 def _check_and_write_config(run_dir, config):
@@ -137,9 +155,7 @@ def _check_and_write_config(run_dir, config):
         remove_temp_files(os.path.join(run_dir, sub))
     path = os.path.join(run_dir, CONFIG_FILE)
     if not os.path.exists(path):
-        if any(not name.startswith(LOCK_FILE) for name in os.listdir(run_dir)):
-            raise RunDirError(f"--run-dir {run_dir}: the folder is not empty and holds no {CONFIG_FILE}, so it is not "
-                              "a gsto_tf run; choose a new or empty folder")
+        _refuse_a_folder_that_is_no_run(run_dir)  # again, under the lock
         config.save(path)
         return
     try:

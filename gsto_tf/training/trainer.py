@@ -31,12 +31,13 @@ from gsto_tf.training.callbacks import (
     keep_if_best,
     save_model_atomically,
 )
-from gsto_tf.training.config import validate_config
+from gsto_tf.training.config import ConfigError, validate_config
 from gsto_tf.training.distribute import describe_strategy, make_strategy
 from gsto_tf.training.losses import SegmentationLoss
 from gsto_tf.training.optimizer import TorchSGD, poly_schedule
 from gsto_tf.training.precise_bn import precise_bn, precise_bn_applied
 from gsto_tf.training.run_dir import claim_run_dir
+from gsto_tf.user_input import clip, shorten
 
 
 @dataclasses.dataclass
@@ -152,7 +153,6 @@ class _Plan:
     strategy: object
     total_steps: int
     chunk: int
-    lock: object = None  # the run folder's RunDirLock, released when train() returns
 
     @property
     def num_chunks(self):
@@ -160,8 +160,7 @@ class _Plan:
 
 
 def _plan(config, run_dir):
-    """Check the configuration, the data and the run dir; seed, dtype policy and strategy. Writes only the claim of
-    ``run_dir``."""
+    """Check the configuration and the data; seed, dtype policy and strategy. Writes nothing."""
     validate_config(config)
     spec = get_dataset_spec(config.data.dataset)
     data_dir = resolve_data_dir(spec, config.data.data_dir)
@@ -174,11 +173,13 @@ def _plan(config, run_dir):
     replicas = strategy.num_replicas_in_sync
     global_batch = config.train.global_batch_size
     if global_batch % replicas:
-        raise ValueError(f"train.global_batch_size={global_batch} is not divisible by {replicas} replicas")
+        raise ConfigError(f"train.global_batch_size={global_batch} is not divisible by {replicas} replicas")
+    if len(samples) < global_batch:
+        raise ConfigError(f"train.global_batch_size={global_batch} is more than the {len(samples)} training images of "
+                          f"dataset '{spec.name}'")
     total_steps = _total_steps(config, len(samples))
     plan = _Plan(spec, data_dir, len(samples), strategy, total_steps,
                  _chunking(total_steps, config.train.checkpoint_every))
-    plan.lock = claim_run_dir(run_dir, config)  # last: nothing is written for a run that cannot start
     print(f"training {config.model.name} on {spec.name} ({len(samples)} images): {total_steps} steps, "
           f"global batch {global_batch} = {global_batch // replicas} per replica x {replicas} replica(s) "
           f"[{describe_strategy(strategy)}], backups every {plan.chunk} steps")
@@ -186,10 +187,16 @@ def _plan(config, run_dir):
 
 
 def _compiled_model(config, plan):
-    """The compiled model (inside the strategy's scope), with the ``model.pretrained`` trunk loaded."""
+    """The compiled model (inside the strategy's scope), with the ``model.pretrained`` trunk loaded. Options the
+    model's builder refuses (an unknown name, a wrong type) raise :class:`ConfigError` naming ``model.options``."""
     with plan.strategy.scope():
-        model = compile_model(build_model(config, plan.spec.num_classes, plan.strategy.num_replicas_in_sync),
-                              config, plan.spec, plan.total_steps)
+        try:
+            model = build_model(config, plan.spec.num_classes, plan.strategy.num_replicas_in_sync)
+        except (TypeError, ValueError) as exc:
+            options = ", ".join(f"{k}={shorten(v)}" for k, v in config.model.options.items()) or "none"
+            raise ConfigError(f"model.options ({options}) refused by model '{config.model.name}': "
+                              f"{clip(exc)}") from None
+        model = compile_model(model, config, plan.spec, plan.total_steps)
     if config.model.pretrained:
         report = load_torch_weights(model, config.model.pretrained, backbone_only=True)
         print(report.summary())
@@ -242,12 +249,13 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
     """
     start = time.time()
     plan = _plan(config, run_dir)
-    with plan.lock:
-        return _train(config, run_dir, plan, start, evaluate_at_end, verbose)
-
-
-def _train(config, run_dir, plan, start, evaluate_at_end, verbose):
     model = _compiled_model(config, plan)
+    # Claimed last: nothing is written for a run that cannot start (bad data, options the model refuses).
+    with claim_run_dir(run_dir, config):
+        return _train(config, run_dir, plan, model, start, evaluate_at_end, verbose)
+
+
+def _train(config, run_dir, plan, model, start, evaluate_at_end, verbose):
     chunk, num_chunks = plan.chunk, plan.num_chunks
     with plan.strategy.scope():  # restore() builds the optimizer's slots
         state = ResumeState(os.path.join(run_dir, "backup"), model, model.optimizer)

@@ -1,0 +1,47 @@
+"""What users write, read safely and quoted back briefly: YAML (dataset cards, ``--config`` files, ``--set``
+values) is parsed safe, without aliases, bounded in size, with errors that fit on one line; values and texts quoted
+in error messages are clipped.
+
+Anchors and aliases (``&a`` / ``*a``) are refused: no card or config needs them, and refusing them rules out the
+"billion laughs" bombs that expand a few hundred bytes into gigabytes when the value is later written or printed.
+"""
+
+import yaml
+
+MAX_YAML_BYTES = 1 << 20  # a card or a config is a page of text; anything larger is not one
+
+
+class YAMLInputError(ValueError):
+    """User YAML that cannot be read; the message is one line, and names the source."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def clip(text, limit=300):
+    """``text`` on one line, cut to ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def shorten(value, limit=80):
+    """``repr(value)`` cut to ``limit`` characters: error messages quote values, never whole files."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def load_yaml(text, where):
+    """Parse ``text`` (a string or a text file object) as safe YAML without aliases; ``where`` names the source."""
+    if hasattr(text, "read"):
+        text = text.read(MAX_YAML_BYTES + 1)
+    if len(text) > MAX_YAML_BYTES:
+        raise YAMLInputError(f"{where}: more than {MAX_YAML_BYTES} bytes of YAML")
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise YAMLInputError(f"{where}: not valid YAML ({clip(exc)})") from None
