@@ -322,3 +322,40 @@ def test_official_checkpoint_head_of_another_class_count_is_refused(small_model,
     with pytest.raises(CheckpointError, match=r"five\.npz: the checkpoint predicts 5 classes, but dataset 'lip' has "
                                               r"20"):
         load_checkpoint(path, name="hrnetv2_w18_small_v1", num_classes=20, classes_of="dataset 'lip'")
+
+
+def test_one_strided_tensor_under_many_keys_is_built_once(tmp_path):
+    storage = np.arange(64 * 64, dtype=np.float32)
+    transposed = tensor(Storage("0"), 0, (64, 64), (1, 64))  # non-contiguous: copied out of its storage
+    path = write_pth(tmp_path / "shared.pth", {f"w{i}": transposed for i in range(200)}, {"0": storage})
+    state = read_state_dict(path)
+    assert len(state) == 200 and len({id(a) for a in state.values()}) == 1
+    np.testing.assert_array_equal(state["w7"], storage.reshape(64, 64).T)
+
+
+def test_distinct_strided_views_cannot_multiply_the_file(tmp_path):
+    storage = np.zeros(1 << 19, np.float32)  # 2 MiB stored
+    views = {f"w{i}": tensor(Storage("0"), i, (512, 1000), (1, 512)) for i in range(64)}  # 2 MB copy each
+    path = write_pth(tmp_path / "views.pth", views, {"0": storage})
+    with pytest.raises(CheckpointError, match=r"views\.pth: tensor 'w\d+': non-contiguous tensors would take "):
+        read_state_dict(path)
+
+
+def test_many_entries_just_under_the_ratio_check_are_refused_in_total(tmp_path):
+    # 600 entries of 1 MiB of zeros each: every one under the per-entry floor, 600 MiB in all from ~1 MB of zip.
+    storages = {str(i): np.zeros(1 << 18, np.float32) for i in range(600)}
+    state = {f"w{i}": tensor(Storage(str(i)), 0, (1 << 18,), (1,)) for i in range(600)}
+    path = write_pth(tmp_path / "many.pth", state, storages, compression=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 2_000_000
+    with pytest.raises(CheckpointError, match=r"many\.pth: the archive's entries expand from \d+ to \d+ bytes in all"):
+        read_state_dict(path)
+
+
+def test_deeply_nested_pickle_is_refused_without_a_traceback(tmp_path):
+    depth = 200_000
+    pickled = b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."  # [[[...]]] 200k deep
+    with zipfile.ZipFile(tmp_path / "deep.pth", "w") as z:
+        z.writestr("archive/data.pkl", pickled)
+        z.writestr("archive/byteorder", "little")
+    with pytest.raises(CheckpointError, match=r"deep\.pth: data\.pkl nests"):
+        read_state_dict(tmp_path / "deep.pth")

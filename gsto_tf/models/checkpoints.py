@@ -48,6 +48,9 @@ _MAX_DIM = 1 << 48  # per size / stride entry; the storage bounds the real exten
 # uncompressed, and float weights barely compress.
 _MAX_COMPRESSION_RATIO = 20
 _COMPRESSED_SIZE_FLOOR = 1 << 20
+# The pickle of a state dict is a dict of tensors: a few levels deep. A deeper one is crafted (Python's repr and
+# garbage collector recurse on it).
+_MAX_PICKLE_DEPTH = 64
 
 
 class CheckpointError(ValueError):
@@ -143,6 +146,8 @@ class _TensorBuilder:
         self.prefix = prefix
         self.path = path
         self._storages = {}  # archive key -> 1-D numpy array
+        self._views = {}  # (storage entry, offset, size, stride) -> the array built for it: built once
+        self._copied_bytes = 0  # bytes of non-contiguous tensors copied out of their storages
 
     def _fail(self, key, what):
         return CheckpointError(f"{self.path}: tensor '{key}': {what}")
@@ -207,6 +212,14 @@ class _TensorBuilder:
             raise self._fail(key, f"size {tuple(size)} and stride {tuple(stride)}: expected equally long tuples "
                                   f"of at most {_MAX_NDIM} dimensions")
         storage = self._storage(key, ref)
+        view_key = (ref.args[2], offset, tuple(size), tuple(stride))
+        if view_key in self._views:  # the same tensor under several keys: one array, as torch shares it
+            return self._views[view_key]
+        array = self._view(key, storage, offset, size, stride)
+        self._views[view_key] = array
+        return array
+
+    def _view(self, key, storage, offset, size, stride):
         numel = math.prod(size)
         if numel == 0:
             if offset > storage.size:
@@ -225,12 +238,58 @@ class _TensorBuilder:
         array = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
                                                 strides=tuple(0 if n == 1 else s * itemsize
                                                               for n, s in zip(size, stride)))
-        return array if array.flags.c_contiguous else array.copy()
+        if array.flags.c_contiguous:
+            return array
+        # Copies are bounded by what the file stores: n distinct strided views of one storage would otherwise
+        # cost n times its size.
+        stored = sum(a.nbytes for a in self._storages.values())
+        self._copied_bytes += array.nbytes
+        if self._copied_bytes > max(stored, _COMPRESSED_SIZE_FLOOR):
+            raise self._fail(key, f"non-contiguous tensors would take {self._copied_bytes} bytes, more than the "
+                                  f"{stored} bytes the file stores (overlapping views; save .clone()s)")
+        return array.copy()
 
 
 def _short(value, limit=80):
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deep to print>"
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _too_deep(obj, limit=_MAX_PICKLE_DEPTH):
+    """Whether ``obj`` (an unpickled state dict) nests containers more than ``limit`` deep; iterative."""
+    stack, seen = [(obj, 1)], set()
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, _Lazy):
+            children = (value.args,)
+        elif isinstance(value, dict):
+            children = [*value.keys(), *value.values()]
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            children = value
+        else:
+            continue
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _check_total_size(archive, path):
+    """Refuse, before reading an entry, an archive whose entries expand to more than the ratio allows in total:
+    many entries just under the per-entry check would otherwise add up (1 MB of zip to 1 GB of memory)."""
+    for info in archive.infolist():
+        _check_compression(info, path)
+    size = os.path.getsize(path)
+    total = sum(info.file_size for info in archive.infolist())
+    if total > max(_MAX_COMPRESSION_RATIO * size, _COMPRESSED_SIZE_FLOOR):
+        raise CheckpointError(f"{path}: the archive's entries expand from {size} to {total} bytes in all (more than "
+                              f"{_MAX_COMPRESSION_RATIO}:1; torch.save stores entries uncompressed): refused")
 
 
 def _check_compression(info, path):
@@ -261,14 +320,21 @@ def _read_pth(path):
         byteorder = f"{prefix}/byteorder" if prefix else "byteorder"
         if byteorder in names and archive.read(byteorder).strip() != b"little":
             raise CheckpointError(f"{path}: big-endian checkpoints are not supported.")
+        _check_total_size(archive, path)
         _check_compression(archive.getinfo(pickles[0]), path)
         try:
             obj = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), path).load()
         except CheckpointError:
             raise
+        except RecursionError:
+            raise CheckpointError(f"{path}: data.pkl nests deeper than Python can read; a state dict is a flat "
+                                  "dict of tensors: refused") from None
         except Exception as exc:  # a corrupt pickle raises many types (EOFError, TypeError, KeyError, ...)
             raise CheckpointError(f"{path}: corrupt PyTorch checkpoint: data.pkl does not unpickle "
                                   f"({type(exc).__name__}: {exc}).") from None
+        if _too_deep(obj):
+            raise CheckpointError(f"{path}: data.pkl nests containers more than {_MAX_PICKLE_DEPTH} deep; a state "
+                                  "dict is a flat dict of tensors: refused")
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict):
