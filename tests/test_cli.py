@@ -193,3 +193,19 @@ def test_tflite_export_is_quiet(tmp_path):
     assert "argmax agreement = 100.00%" in result.stdout
     # the TFLite converter's C++ INFO lines and LiteRT's "Created TensorFlow Lite XNNPACK delegate" notice
     assert not BANNER.search(result.stderr) and "INFO: " not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command", sorted(__import__("gsto_tf.cli", fromlist=["SUBCOMMANDS"]).SUBCOMMANDS))
+def test_every_argument_of_every_command_has_a_help_text(command):
+    import argparse
+
+    from gsto_tf.cli import build_parser
+
+    parser = build_parser("gsto-tf", command)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    parsers = [commands[command]]
+    parsers += [p for a in commands[command]._actions if isinstance(a, argparse._SubParsersAction)
+                for p in a.choices.values()]
+    silent = [(p.prog, a.option_strings or a.dest) for p in parsers for a in p._actions
+              if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert not silent, silent

@@ -27,8 +27,12 @@ def test_short_synthetic_run_trains_and_evaluates(tmp_path):
         [sys.executable, os.path.join(REPO, "experiments", "run.py"), "--data-dir", data, "--run-dir", str(run),
          "--model", "hrnetv2_w18_small_v1", "--steps", "150", "--batch-size", "4", "--set",
          "data.crop_size=[64,64]", "--set", "train.checkpoint_every=50", "--set", "train.lr=0.05"],
-        capture_output=True, text=True, timeout=900, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        preexec_fn=lambda: os.umask(0o002))  # a shared group folder: every folder of the run is group-writable
     assert out.returncode == 0, out.stderr[-3000:]
+    folders = [run, *(p for p in run.rglob("*") if p.is_dir())]
+    assert {"backup", "checkpoints", "logs", "train", "eval"} <= {p.name for p in folders}
+    assert [(str(p), oct(p.stat().st_mode & 0o777)) for p in folders if p.stat().st_mode & 0o777 != 0o775] == []
     metrics = json.load(open(run / "eval" / "metrics.json"))
     # 8 classes: predicting one class everywhere scores mIoU <= 1/8 (measured here: ~0.27 mIoU, ~0.59 pixel
     # accuracy after these 150 steps of 64x64 crops; the full default run reaches ~0.70 mIoU).

@@ -15,7 +15,7 @@ ALL_MODELS = (
 def add_arguments(parser):
     parser.add_argument("--models", nargs="+", default=None, help="model names (default: the slide table's four)")
     parser.add_argument("--all", action="store_true", help="all HRNetV2 / GSTO-HRNet widths")
-    parser.add_argument("--num-classes", type=int, default=19)
+    parser.add_argument("--num-classes", type=int, default=19, help="classes of the head (default 19, Cityscapes)")
     parser.add_argument("--input-size", type=parse_size, default="1024x2048",
                         help="HxW (default 1024x2048, the paper's)")
     parser.add_argument("--csv", default=None, help="also write the table to this CSV file")

@@ -11,7 +11,8 @@ from gsto_tf.data import resolve_data_dir
 
 
 def add_arguments(parser):
-    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True,
+                                help="verify, stats, browse or prepare")
     verify = sub.add_parser("verify", help="check every file of each split; report bad files and counts")
     add_dataset_argument(verify)
     verify.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
@@ -25,17 +26,18 @@ def add_arguments(parser):
     browse = sub.add_parser("browse", help="write a PNG grid of augmented training samples with label overlays")
     add_dataset_argument(browse)
     browse.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
-    browse.add_argument("--split", default="train")
+    browse.add_argument("--split", default="train", help="split to sample (default: train)")
     browse.add_argument("--num", type=int, default=8, help="number of samples")
-    browse.add_argument("--seed", type=int, default=0)
+    browse.add_argument("--seed", type=int, default=0, help="augmentation seed (the same seed shows the same crops)")
     browse.add_argument("--crop-size", type=parse_size, help="HxW (default: the dataset's)")
-    browse.add_argument("--photometric", action="store_true")
-    browse.add_argument("--output", default="data_browse.png")
+    browse.add_argument("--photometric", action="store_true", help="also apply the photometric augmentation")
+    browse.add_argument("--output", default="data_browse.png", help="PNG path (default: data_browse.png)")
     prepare = sub.add_parser("prepare", help="convert PASCAL-Context .mat files into the PNG layout (once)")
-    prepare.add_argument("--dataset", default="pascal_context", choices=["pascal_context", "pascal_context_60"])
+    prepare.add_argument("--dataset", default="pascal_context", choices=["pascal_context", "pascal_context_60"],
+                         help="the 59- or 60-class labels (default: pascal_context, 59 classes)")
     prepare.add_argument("--data-dir", required=True, help="folder holding VOC2010/ (PNGs are written there)")
     prepare.add_argument("--mat-dir", required=True, help="folder of the original {id}.mat files (trainval/)")
-    prepare.add_argument("--overwrite", action="store_true")
+    prepare.add_argument("--overwrite", action="store_true", help="replace PNGs that exist already")
 
 
 def _verify(args):

@@ -25,7 +25,8 @@ from gsto_tf.models import CheckpointError, load_checkpoint
 def add_arguments(parser):
     parser.add_argument("--checkpoint", required=True, help=".keras, .weights.h5 (+ --model) or official .pth/.npz")
     parser.add_argument("--model", help="model name, for .weights.h5 and official checkpoints")
-    parser.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model")
+    parser.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model",
+                        help="saved_model: a serving folder (TF Serving); tflite: one .tflite file for LiteRT")
     parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none", help="TFLite only")
     parser.add_argument("--input-size", type=tflite_size, default="512x1024",
                         help="TFLite input HxW (default 512x1024), or 'dynamic' for any size (resized at run time)")

@@ -14,7 +14,7 @@ from gsto_tf.models import CheckpointError, inference_model, load_checkpoint
 
 def add_arguments(parser):
     parser.add_argument("inputs", help="an image, a folder of images or a glob (quote it)")
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", required=True, help=".keras, .weights.h5 (+ --model) or official .pth/.npz")
     parser.add_argument("--model", help="model name, for .weights.h5 and official checkpoints")
     add_dataset_argument(parser, help="gives the classes and the palette")
     parser.add_argument("--output", required=True, help="output folder")

@@ -14,7 +14,7 @@ KINDS = ("predictions", "gates", "features", "confusion", "curves")
 
 
 def add_arguments(parser):
-    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("kind", choices=KINDS, help="what to draw: " + ", ".join(KINDS))
     parser.add_argument("--output", required=True, help="PNG path")
     parser.add_argument("--checkpoint", nargs="+", help="model checkpoint(s); `features` compares several")
     parser.add_argument("--model", help="model name for .weights.h5 / official checkpoints")
@@ -22,7 +22,7 @@ def add_arguments(parser):
     parser.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
     parser.add_argument("--index", type=int, default=0, help="validation image used by gates / features")
     parser.add_argument("--num", type=int, default=3, help="images in the predictions grid")
-    parser.add_argument("--opacity", type=float, default=0.5)
+    parser.add_argument("--opacity", type=float, default=0.5, help="overlay opacity in [0, 1]")
     parser.add_argument("--metrics", help="metrics JSON (confusion)")
     parser.add_argument("--run-dir", help="training run dir (curves)")
     add_allow_nonfinite_argument(parser)

@@ -18,6 +18,7 @@ Only TFLite builtin ops are allowed (no Flex / SELECT_TF_OPS), so the file runs 
 
 import dataclasses
 import os
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -70,7 +71,11 @@ def convert_to_tflite(model, input_size, quantize="none", representative_images=
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
+    with warnings.catch_warnings():
+        # The int8 graph keeps float32 input / output (normalised images in, logits out), so the converter's
+        # "Statistics for quantized inputs were expected" does not apply: there are no quantized inputs.
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        return converter.convert()
 
 
 def export_tflite(model, path, input_size, quantize="none", representative_images=None, overwrite=False,

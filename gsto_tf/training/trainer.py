@@ -16,6 +16,7 @@ import time
 import keras
 import tensorflow as tf
 
+from gsto_tf.atomic import storage_errors
 from gsto_tf.data import build_eval_dataset, build_train_dataset, get_dataset_spec, list_samples, resolve_data_dir
 from gsto_tf.data.decode import reading_data
 from gsto_tf.evaluation import evaluate, test_setting
@@ -255,7 +256,15 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
         return _train(config, run_dir, plan, model, start, evaluate_at_end, verbose)
 
 
+# Folders TensorFlow would create itself with mode 0755 whatever the umask (its mkdir passes 0755); made here first
+# so that they get the umask's mode like every other folder of the run (group-writable under umask 002).
+_TF_MADE_FOLDERS = ("backup", "checkpoints", "logs", os.path.join("logs", "train"))
+
+
 def _train(config, run_dir, plan, model, start, evaluate_at_end, verbose):
+    with storage_errors(f"--run-dir {run_dir}"):
+        for folder in _TF_MADE_FOLDERS:
+            os.makedirs(os.path.join(run_dir, folder), exist_ok=True)
     chunk, num_chunks = plan.chunk, plan.num_chunks
     with plan.strategy.scope():  # restore() builds the optimizer's slots
         state = ResumeState(os.path.join(run_dir, "backup"), model, model.optimizer)
