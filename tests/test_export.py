@@ -92,12 +92,12 @@ def _pointwise(classes=5):
 def test_signatures_refuse_other_channel_counts_and_oversized_requests_in_a_server_process(saved_model_dir,
                                                                                           tmp_path):
     """The real exports in a separate TensorFlow-only process (a bad request must not abort the server)."""
-    capped = export_saved_model(_pointwise(), tmp_path / "capped", max_pixels=1000)
+    capped = export_saved_model(_pointwise(), tmp_path / "capped", max_pixels=2100)
     script = textwrap.dedent(f"""
         import os, sys; os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
         import tensorflow as tf
         for export, shapes in (({saved_model_dir!r}, ((1, 8, 8, 1), (1, 8, 8, 2), (1, 8, 8, 4))),
-                               ({capped!r}, ((2, 20, 30, 3), (1, 20, 30, 3)))):
+                               ({capped!r}, ((3, 20, 30, 3), (1, 1, 2000, 3), (2, 20, 30, 3)))):
             loaded = tf.saved_model.load(export)
             print("max_pixels", int(loaded.max_pixels.numpy()))
             for name in ("serving_default", "serving_normalized"):
@@ -115,15 +115,19 @@ def test_signatures_refuse_other_channel_counts_and_oversized_requests_in_a_serv
                          cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=""))
     assert "server alive" in out.stdout, out.stderr[-3000:]
     lines = out.stdout.splitlines()
-    assert f"max_pixels {DEFAULT_MAX_PIXELS}" in lines and "max_pixels 1000" in lines
+    assert f"max_pixels {DEFAULT_MAX_PIXELS}" in lines and "max_pixels 2100" in lines
     for name in ("serving_default", "serving_normalized"):
         for channels in (1, 2, 4):
             line = next(x for x in lines if x.startswith(f"{name} (1, 8, 8, {channels})"))
             assert re.search(rf"refused:.*expected RGB images \[N, H, W, 3\], got\] \[{channels}\] \[channels", line)
-        big = next(x for x in lines if x.startswith(f"{name} (2, 20, 30, 3)"))
-        assert re.search(r"refused:.*holds\] \[1200\] \[pixels \(N x H x W\), more than this export allows "
-                         r"\(max_pixels\):\] \[1000\]", big), big
-        assert f"{name} (1, 20, 30, 3) ok (1, 20, 30)" in lines
+        # The cap counts each side rounded up to a multiple of 32: 3 x 32 x 32 = 3072 > 2100.
+        big = next(x for x in lines if x.startswith(f"{name} (3, 20, 30, 3)"))
+        assert re.search(r"refused:.*counts\] \[3072\] \[pixels \(N x H x W, each side rounded up to a multiple of "
+                         r"32\), more than this export allows \(max_pixels\):\] \[2100\]", big), big
+        # A 1-pixel strip of 2000 raw pixels holds the memory of 32 x 2016: refused, where a raw count passed it.
+        strip = next(x for x in lines if x.startswith(f"{name} (1, 1, 2000, 3)"))
+        assert "refused:" in strip and "[64512]" in strip, strip
+        assert f"{name} (2, 20, 30, 3) ok (2, 20, 30)" in lines
 
 
 def test_documented_rest_request_decodes_into_the_signature(saved_model_dir):

@@ -9,8 +9,14 @@ Signatures:
 Requests are checked in the graph, so a server answers a bad request with an error instead of crashing or running
 out of memory: the images must be rank 4, non-empty, with exactly 3 (RGB) channels (no silent conversion: send
 greyscale as 3 equal channels, drop an alpha channel), and one request may hold at most ``max_pixels`` pixels in
-total (N x H x W; :data:`DEFAULT_MAX_PIXELS` = 4 Cityscapes frames unless set at export, 0 = no cap). The cap is
-stored in the export as the variable ``max_pixels`` (``tf.saved_model.load(path).max_pixels``).
+total (:data:`DEFAULT_MAX_PIXELS` = 4 Cityscapes frames unless set at export, 0 = no cap). The cap is stored in the
+export as the variable ``max_pixels`` (``tf.saved_model.load(path).max_pixels``).
+
+The cap counts what the network's memory grows with, not the raw pixels: each side is rounded up to a multiple of
+:data:`OUTPUT_STRIDE` (32, the stride of the coarsest branch), ``N x ceil32(H) x ceil32(W)``. Strided convolutions
+never shrink a side below 1, so a 1 x 8M-pixel strip keeps 8M / 2**k positions at stride 2**k where a 2048 x 4096
+frame keeps 8M / 4**k: counted raw, it passed the cap and took more than 7 GiB. Counted padded, it is refused, and
+sizes that are multiples of 32 (Cityscapes' 1024 x 2048) count exactly as before.
 
 Normalisation (:func:`gsto_tf.data.normalization.normalize_image`) and resizing
 (:func:`gsto_tf.layers.resize.resize_bilinear`) are traced into the graph. The folder is written next to its
@@ -31,6 +37,7 @@ from gsto_tf.models import inference_model
 from gsto_tf.models.checkpoints import check_finite
 
 DEFAULT_MAX_PIXELS = 4 * 1024 * 2048
+OUTPUT_STRIDE = 32  # the coarsest branch of HRNet / the dilated ResNets is at most 1/32 of the input
 
 
 class SegmentationServingModule(tf.Module):
@@ -59,15 +66,20 @@ class SegmentationServingModule(tf.Module):
         server returns to the client.
         """
         n, h, w, channels = tf.unstack(tf.shape(images), num=4, name="expect_rank_4_NHWC")
-        pixels = tf.cast(n, tf.int64) * tf.cast(h, tf.int64) * tf.cast(w, tf.int64)
+
+        def padded(side):  # ceil to a multiple of OUTPUT_STRIDE (module doc)
+            side = tf.cast(side, tf.int64)
+            return (side + OUTPUT_STRIDE - 1) // OUTPUT_STRIDE * OUTPUT_STRIDE
+
+        pixels = tf.cast(n, tf.int64) * padded(h) * padded(w)
         checks = [
             tf.debugging.assert_greater(tf.reduce_min([n, h, w]), 0, message="images: empty batch or image"),
             tf.debugging.Assert(tf.equal(channels, 3), [
                 "images: expected RGB images [N, H, W, 3], got", channels, "channels (send greyscale as 3 equal "
                 "channels, drop an alpha channel)"]),
             tf.debugging.Assert(tf.logical_or(tf.equal(self.max_pixels, 0), pixels <= self.max_pixels), [
-                "images: the request holds", pixels, "pixels (N x H x W), more than this export allows (max_pixels):",
-                self.max_pixels]),
+                "images: the request counts", pixels, "pixels (N x H x W, each side rounded up to a multiple of 32), "
+                "more than this export allows (max_pixels):", self.max_pixels]),
         ]
         with tf.control_dependencies(checks):
             return tf.identity(images)
