@@ -224,8 +224,18 @@ def test_class_stats_median_frequency(tmp_path):
     assert "class_weights: [" in stats.table()
 
 
-def test_command_line_with_a_card_file(tmp_path):
-    """verify, stats, train, eval, predict and an int8 export, each given only the card and the folders."""
+def test_command_line_with_a_card_file(tmp_path, capsys):
+    """verify, stats, train, eval, predict and an int8 export, each given only the card and the folders (in this
+    process: the commands' own exit codes and output, without six TensorFlow start-ups)."""
+    from types import SimpleNamespace
+
+    from gsto_tf.cli import main
+
+    def run_cli(args):
+        code = main(list(args))
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
     tiny_camvid(tmp_path / "data", n=4, h=24, w=32, splits=("train", "val"))
     card = write_card(tmp_path / "streets.yaml", recipe={"data": {"crop_size": [24, 24], "scale_range": [1, 1]}})
     data = ["--dataset", card, "--data-dir", str(tmp_path / "data")]

@@ -36,7 +36,8 @@ def _commands(tmp_path, checkpoint, data):
     write_png(str(image), np.zeros((8, 8, 3), np.uint8))
     under = str(blocked / "sub")
     return {
-        "train": ["train", "--dataset", "synthetic", "--data-dir", data, "--steps", "1", "--run-dir", under],
+        "train": ["train", "--dataset", "synthetic", "--data-dir", data, "--steps", "1", "--batch-size", "2",
+                  "--run-dir", under],
         "eval": ["eval", "--dataset", "synthetic", "--data-dir", data, "--checkpoint", checkpoint, "--ss",
                  "--run-dir", under],
         "predict": ["predict", str(image), "--checkpoint", checkpoint, "--dataset", "synthetic", "--output", under],
