@@ -79,3 +79,24 @@ def test_float64_loss_matches_numpy(kwargs, float64_floatx):
     else:
         ref = (w * ce).sum() / w.sum()
     assert float(value) == pytest.approx(ref, rel=1e-13)
+
+
+def test_loading_keeps_the_stored_precision(tmp_path):
+    from gsto_tf.models.checkpoints import load_torch_weights, torch_state_dict
+
+    source = build("hrnetv2_w18_small_v1", 3, input_shape=(32, 32, 3), dtype="float64")
+    rng = np.random.default_rng(0)
+    for w in source.weights:  # values that float32 cannot hold exactly
+        w.assign(rng.normal(size=w.shape) + 1e-9)
+    state = torch_state_dict(source)
+    assert all(v.dtype == np.float64 for v in state.values())
+    np.savez(tmp_path / "f64.npz", **state)
+    target = build("hrnetv2_w18_small_v1", 3, input_shape=(32, 32, 3), dtype="float64")
+    load_torch_weights(target, str(tmp_path / "f64.npz"), strict=True)
+    for a, b in zip(source.weights, target.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)  # float64 in, float64 out, exactly
+    # float32 into a float32 model: the same numbers as before
+    single = build("hrnetv2_w18_small_v1", 3, input_shape=(32, 32, 3))
+    load_torch_weights(single, {k: v.astype(np.float32) for k, v in state.items()}, strict=True)
+    for a, b in zip(source.weights, single.weights):
+        np.testing.assert_array_equal(a.numpy().astype(np.float32), b.numpy(), err_msg=a.path)

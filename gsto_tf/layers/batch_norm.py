@@ -24,12 +24,23 @@ Training paths:
   variance is the number of values per channel in the (global, unmasked) batch.
 
 Inference, frozen layers (``trainable=False``) and batch renormalisation run Keras' own code.
+
+Also here, as BatchNorm knowledge every layer and model shares: PyTorch's BN defaults in Keras' terms
+(:data:`TORCH_BN_MOMENTUM`, :data:`TORCH_BN_EPSILON`) and the arithmetic of folding an inference BN into the conv
+before it (:func:`fold_conv_bn_weights`, :func:`folded_conv_weights`; the graph rewrite that uses it on whole
+models lives with the models, which import the layers, never the other way round).
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 _FUSED_DTYPES = (tf.float32, tf.bfloat16, tf.float16)
+# PyTorch's BatchNorm2d as the official HRNet / GSTO code configures it (BN_MOMENTUM = 0.01, eps = 1e-5). Keras'
+# momentum is the weight of the old moving value: 1 - 0.01.
+TORCH_BN_MOMENTUM = 0.99
+TORCH_BN_EPSILON = 1e-5
+_DEPTHWISE_TYPES = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
 
 
 @keras.saving.register_keras_serializable(package="gsto_tf")
@@ -128,3 +139,35 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         momentum = self.momentum
         for variable, batch_value in ((self.moving_mean, batch_mean), (self.moving_variance, unbiased_variance)):
             variable.assign(variable * momentum + tf.cast(batch_value, variable.dtype) * (1 - momentum))
+
+
+def fold_conv_bn_weights(kernel, bias, gamma, beta, mean, variance, epsilon, depthwise=False):
+    """``(kernel', bias')`` of the conv equal to ``BN(conv(x))`` at inference; ``None`` gamma / beta / bias = 1 / 0 / 0.
+
+    ``kernel``: ``[..., in, out]`` for a conv, ``[..., in, multiplier]`` for a depthwise conv (output channel
+    ``c * multiplier + m``). Computed in float64, returned in ``kernel``'s dtype.
+    """
+    kernel = np.asarray(kernel)
+    dtype = kernel.dtype
+    k = kernel.astype(np.float64)
+    out_shape = (k.shape[-2] * k.shape[-1],) if depthwise else (k.shape[-1],)
+    mean = np.asarray(mean, np.float64).reshape(out_shape)
+    scale = 1.0 / np.sqrt(np.asarray(variance, np.float64).reshape(out_shape) + float(epsilon))
+    if gamma is not None:
+        scale = scale * np.asarray(gamma, np.float64).reshape(out_shape)
+    b = np.zeros(out_shape) if bias is None else np.asarray(bias, np.float64).reshape(out_shape)
+    new_bias = (b - mean) * scale
+    if beta is not None:
+        new_bias = new_bias + np.asarray(beta, np.float64).reshape(out_shape)
+    new_kernel = k * (scale.reshape(k.shape[-2:]) if depthwise else scale)
+    return new_kernel.astype(dtype), new_bias.astype(dtype)
+
+
+def folded_conv_weights(conv, bn):
+    """``(kernel', bias')`` (numpy) of the conv equal to ``bn(conv(x))`` at inference, for built layers ``conv``
+    and ``bn``: what a composite layer's ``fold_batch_norm()`` sets on its folded conv."""
+    return fold_conv_bn_weights(
+        conv.kernel.numpy(), conv.bias.numpy() if conv.use_bias else None,
+        bn.gamma.numpy() if bn.scale else None, bn.beta.numpy() if bn.center else None,
+        bn.moving_mean.numpy(), bn.moving_variance.numpy(), bn.epsilon,
+        depthwise=isinstance(conv, _DEPTHWISE_TYPES))

@@ -18,22 +18,25 @@ The transform runs *before* an upsampling and the pooling *after* the 1x1 transf
 Every gated scale transfer of the models is this layer: HRNet's fuse paths (``T_ij`` of output branch ``i`` from
 input branch ``j``, gated for GSTO-HRNet), GSTO-HRNet's class-map gated transitions, and the PPM / ASPP transfers.
 A layer inside a model maps its weights to the official checkpoint keys given by ``gate_key`` / ``transform_key``
-(:meth:`checkpoint_sublayers`), which the generic loader of :mod:`gsto_tf.models.checkpoints` reads.
+(:meth:`checkpoint_sublayers`), which the generic checkpoint loader reads.
 """
 
 import math
 
 import keras
 
-from gsto_tf.layers.batch_norm import FusedBatchNormalization
+from gsto_tf.layers.batch_norm import (
+    TORCH_BN_EPSILON,
+    TORCH_BN_MOMENTUM,
+    FusedBatchNormalization,
+    folded_conv_weights,
+)
 from gsto_tf.layers.resize import BilinearResize, resize_bilinear, spatial_size
 from gsto_tf.layers.spatial_gate import GATE_STYLES, SpatialGate
 
 SCALES = ("same", "down", "up")
 DOWN_METHODS = ("conv", "strided_conv", "avg_pool", "max_pool")
 GATES = ("unsupervised", "supervised", None)
-BN_MOMENTUM = 0.99  # PyTorch momentum 0.01
-BN_EPSILON = 1e-5
 
 
 @keras.saving.register_keras_serializable(package="gsto_tf")
@@ -209,7 +212,7 @@ class GatedScaleTransfer(keras.layers.Layer):
             )
             self._convs.append(conv)
             if self.use_bn:
-                self._bns.append(FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                self._bns.append(FusedBatchNormalization(momentum=TORCH_BN_MOMENTUM, epsilon=TORCH_BN_EPSILON,
                                                          synchronized=self.sync_batchnorm, dtype=policy,
                                                          name=f"bn{suffix}"))
 
@@ -309,9 +312,8 @@ class GatedScaleTransfer(keras.layers.Layer):
 
     def fold_batch_norm(self):
         """An equivalent new layer for inference with every BN (transform and gate) folded into its conv, weights
-        set: the ``fold_batch_norm()`` protocol of :mod:`gsto_tf.models.folding`. The transform convs get biases
+        set: the ``fold_batch_norm()`` protocol of the model-level BN folding. The transform convs get biases
         (``use_bn=False``); the ReLUs between strided steps and the activation stay."""
-        from gsto_tf.models.folding import folded_conv_weights  # gsto_tf.models imports this module
 
         folded = GatedScaleTransfer.from_config({**self.get_config(), "use_bn": False, "gate_batch_norm_folded": True})
         folded.build(**self._build_shapes_dict)

@@ -22,7 +22,12 @@ Sublayer names follow the official checkpoint keys: ``"0"`` (conv) and ``"1"`` (
 
 import keras
 
-from gsto_tf.layers.batch_norm import FusedBatchNormalization
+from gsto_tf.layers.batch_norm import (
+    TORCH_BN_EPSILON,
+    TORCH_BN_MOMENTUM,
+    FusedBatchNormalization,
+    folded_conv_weights,
+)
 
 GATE_STYLES = ("official", "paper")
 
@@ -71,7 +76,8 @@ class SpatialGate(keras.layers.Layer):
                 use_bias=(style == "paper" or self.batch_norm_folded), dtype=policy, name=f"{prefix}0"))
             if style == "official" and not self.batch_norm_folded:
                 self.bns.append(FusedBatchNormalization(
-                    momentum=0.99, epsilon=1e-5, synchronized=self.sync_batchnorm, dtype=policy, name=f"{prefix}1"))
+                    momentum=TORCH_BN_MOMENTUM, epsilon=TORCH_BN_EPSILON, synchronized=self.sync_batchnorm,
+                    dtype=policy, name=f"{prefix}1"))
         self.conv = self.convs[0]
         self.bn = self.bns[0] if self.bns else None
 
@@ -100,7 +106,7 @@ class SpatialGate(keras.layers.Layer):
 
     def fold_batch_norm(self):
         """An equivalent new gate for inference with every BN folded into its conv (weights set): the
-        ``fold_batch_norm()`` protocol of :mod:`gsto_tf.models.folding`."""
+        ``fold_batch_norm()`` protocol of the model-level BN folding."""
         folded = SpatialGate.from_config({**self.get_config(), "batch_norm_folded": True})
         folded.build((None, None, None, int(self.convs[0].kernel.shape[-2])))
         folded.load_folded_weights(self)
@@ -108,7 +114,6 @@ class SpatialGate(keras.layers.Layer):
 
     def load_folded_weights(self, source):
         """Set this (folded) gate's conv weights from ``source``, the same gate with BN layers (or without)."""
-        from gsto_tf.models.folding import folded_conv_weights  # gsto_tf.models imports this module
 
         for n, conv in enumerate(self.convs):
             src = source.convs[n]

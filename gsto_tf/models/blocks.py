@@ -8,10 +8,8 @@ the name of the conv they belong to plus a suffix (``.pad``, ``.relu``).
 
 import keras
 
-from gsto_tf.layers.batch_norm import FusedBatchNormalization
+from gsto_tf.layers.batch_norm import TORCH_BN_EPSILON, TORCH_BN_MOMENTUM, FusedBatchNormalization
 
-BN_MOMENTUM = 0.99  # PyTorch momentum 0.01 (official HRNet BN_MOMENTUM)
-BN_EPSILON = 1e-5
 BOTTLENECK_EXPANSION = 4  # ResNet / HRNet Bottleneck: output width = planes * 4
 
 
@@ -39,9 +37,9 @@ def conv2d(x, filters, kernel_size, name, strides=1, dilation=1, use_bias=False,
     )(x)
 
 
-def batch_norm(x, name, sync=False):
+def batch_norm(x, name, sync_batchnorm=False):
     return FusedBatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=sync, name=name
+        momentum=TORCH_BN_MOMENTUM, epsilon=TORCH_BN_EPSILON, synchronized=sync_batchnorm, name=name
     )(x)
 
 
@@ -49,33 +47,34 @@ def relu(x, name):
     return keras.layers.ReLU(name=name)(x)
 
 
-def conv_bn(x, filters, kernel_size, conv_name, bn_name, strides=1, dilation=1, sync=False, act=True):
+def conv_bn(x, filters, kernel_size, conv_name, bn_name, strides=1, dilation=1, sync_batchnorm=False, act=True):
     x = conv2d(x, filters, kernel_size, conv_name, strides=strides, dilation=dilation)
-    x = batch_norm(x, bn_name, sync)
+    x = batch_norm(x, bn_name, sync_batchnorm)
     return relu(x, f"{bn_name}.relu") if act else x
 
 
-def basic_block(x, filters, name, strides=1, downsample=False, sync=False):
+def basic_block(x, filters, name, strides=1, downsample=False, sync_batchnorm=False):
     """ResNet BasicBlock (expansion 1): conv3x3-BN-ReLU-conv3x3-BN (+ shortcut), ReLU."""
     shortcut = x
-    y = conv_bn(x, filters, 3, f"{name}.conv1", f"{name}.bn1", strides=strides, sync=sync)
-    y = conv_bn(y, filters, 3, f"{name}.conv2", f"{name}.bn2", sync=sync, act=False)
+    y = conv_bn(x, filters, 3, f"{name}.conv1", f"{name}.bn1", strides=strides, sync_batchnorm=sync_batchnorm)
+    y = conv_bn(y, filters, 3, f"{name}.conv2", f"{name}.bn2", sync_batchnorm=sync_batchnorm, act=False)
     if downsample:
         shortcut = conv2d(x, filters, 1, f"{name}.downsample.0", strides=strides)
-        shortcut = batch_norm(shortcut, f"{name}.downsample.1", sync)
+        shortcut = batch_norm(shortcut, f"{name}.downsample.1", sync_batchnorm)
     y = keras.layers.Add(name=f"{name}.add")([y, shortcut])
     return relu(y, f"{name}.relu")
 
 
-def bottleneck_block(x, planes, name, strides=1, dilation=1, downsample=False, sync=False,
+def bottleneck_block(x, planes, name, strides=1, dilation=1, downsample=False, sync_batchnorm=False,
                      expansion=BOTTLENECK_EXPANSION):
     """ResNet Bottleneck: conv1x1-BN-ReLU-conv3x3-BN-ReLU-conv1x1(x expansion)-BN (+ shortcut), ReLU."""
     shortcut = x
-    y = conv_bn(x, planes, 1, f"{name}.conv1", f"{name}.bn1", sync=sync)
-    y = conv_bn(y, planes, 3, f"{name}.conv2", f"{name}.bn2", strides=strides, dilation=dilation, sync=sync)
-    y = conv_bn(y, planes * expansion, 1, f"{name}.conv3", f"{name}.bn3", sync=sync, act=False)
+    y = conv_bn(x, planes, 1, f"{name}.conv1", f"{name}.bn1", sync_batchnorm=sync_batchnorm)
+    y = conv_bn(y, planes, 3, f"{name}.conv2", f"{name}.bn2", strides=strides, dilation=dilation,
+                sync_batchnorm=sync_batchnorm)
+    y = conv_bn(y, planes * expansion, 1, f"{name}.conv3", f"{name}.bn3", sync_batchnorm=sync_batchnorm, act=False)
     if downsample:
         shortcut = conv2d(x, planes * expansion, 1, f"{name}.downsample.0", strides=strides)
-        shortcut = batch_norm(shortcut, f"{name}.downsample.1", sync)
+        shortcut = batch_norm(shortcut, f"{name}.downsample.1", sync_batchnorm)
     y = keras.layers.Add(name=f"{name}.add")([y, shortcut])
     return relu(y, f"{name}.relu")

@@ -511,7 +511,11 @@ def load_torch_weights(model, state_dict_or_path, strict=False, backbone_only=Fa
             else:
                 report.missing.append(key)
             continue
-        value = np.asarray(state[key], np.float32)
+        value = np.asarray(state[key])
+        if not np.issubdtype(value.dtype, np.floating):
+            value = value.astype(np.float64)
+        # The stored precision is kept until the one cast to the variable's dtype below: float64 into a float64
+        # model is exact, float32 into float32 unchanged.
         expected_shape = _torch_shape(variable.shape, value.ndim)
         if tuple(value.shape) != expected_shape:
             report.mismatched.append((key, tuple(value.shape), expected_shape))

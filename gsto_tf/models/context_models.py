@@ -62,13 +62,13 @@ def _parse_backbone(backbone):
 
 
 def _backbone_features(inputs, backbone, num_classes, output_stride, stem, blocks, base_channels,
-                       contract_dilation, backbone_gate_style, sync):
+                       contract_dilation, backbone_gate_style, sync_batchnorm):
     """(head input, aux-head input or None, backbone aux outputs dict, output stride of the head input)."""
     family, arg = _parse_backbone(backbone)
     if family == "resnet":
         net = build_resnet_backbone(
             arg, output_stride=output_stride, stem=stem, blocks=blocks, base_channels=base_channels,
-            contract_dilation=contract_dilation, sync_batchnorm=sync, input_shape=tuple(inputs.shape[1:]),
+            contract_dilation=contract_dilation, sync_batchnorm=sync_batchnorm, input_shape=tuple(inputs.shape[1:]),
             name=BACKBONE_NAME,
         )
         feats = net(inputs)
@@ -78,7 +78,7 @@ def _backbone_features(inputs, backbone, num_classes, output_stride, stem, block
     gsto = family == "gsto_hrnet"
     net = build_hrnet_backbone(
         arg, gsto=gsto, num_classes=num_classes if gsto else None, gate_style=backbone_gate_style,
-        sync_batchnorm=sync, input_shape=tuple(inputs.shape[1:]), name=BACKBONE_NAME,
+        sync_batchnorm=sync_batchnorm, input_shape=tuple(inputs.shape[1:]), name=BACKBONE_NAME,
     )
     feats = net(inputs)
     # HRNetV2 representation: all four branches upsampled to stride 4 and concatenated (as HRNetV2's own head).
@@ -126,12 +126,11 @@ def build_context_model(head, backbone, num_classes, *, variant="", aux=True, ou
     if output_stride not in (8, 16):
         raise ValueError(f"`output_stride` must be 8 or 16 for the context heads, got {output_stride!r}.")
     gate, supervised_map = VARIANTS[variant]
-    sync = sync_batchnorm
 
     inputs = keras.Input(input_shape, name="image")
     x, aux_in, backbone_aux, stride = _backbone_features(
         inputs, backbone, num_classes, output_stride, stem, blocks, base_channels, contract_dilation,
-        backbone_gate_style, sync,
+        backbone_gate_style, sync_batchnorm,
     )
     if head_channels is None:
         head_channels = 512 if backbone.startswith("resnet") else 256
@@ -142,18 +141,18 @@ def build_context_model(head, backbone, num_classes, *, variant="", aux=True, ou
         # P = conv1x1_{C->K}(F) on the head's input (GSTO paper eq. 5); float32 like every output.
         class_scores = conv2d(x, num_classes, 1, "decode_head.class_scores", use_bias=True,
                               dtype=out_names.logits_dtype())
-    gating = Gating(gate, gate_style, class_scores, sync)
+    gating = Gating(gate, gate_style, class_scores, sync_batchnorm)
     if head == "pspnet":
-        y = ppm_head(x, channels=head_channels, bins=tuple(bins), gating=gating, sync=sync)
+        y = ppm_head(x, channels=head_channels, bins=tuple(bins), gating=gating, sync_batchnorm=sync_batchnorm)
     else:
         rates = aspp_rates if aspp_rates is not None else tuple(r * 8 // stride for r in ASPP_RATES_OS8)
         y = aspp_head(x, channels=head_channels, rates=tuple(rates), bottleneck_kernel=aspp_bottleneck_kernel,
-                      gating=gating, sync=sync)
+                      gating=gating, sync_batchnorm=sync_batchnorm)
     outputs[out_names.FINAL_LOGITS] = classifier(y, num_classes, dropout, "decode_head")
     if aux:
         if aux_in is not None:
             outputs[out_names.AUX_FCN] = fcn_aux_head(aux_in, num_classes, channels=aux_channels, dropout=dropout,
-                                                      sync=sync)
+                                                      sync_batchnorm=sync_batchnorm)
         if class_scores is not None:
             outputs[out_names.AUX_CLASS_MAP] = class_scores
         outputs.update(backbone_aux)

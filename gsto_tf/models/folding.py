@@ -31,11 +31,12 @@ The model's inputs, output structure (a dict keeps its keys) and output dtypes (
 """
 
 import keras
-import numpy as np
 from keras import tree
 
+from gsto_tf.layers.batch_norm import fold_conv_bn_weights, folded_conv_weights  # noqa: F401 (re-exported)
+
 _CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_DEPTHWISE_TYPES = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+_DEPTHWISE_TYPES = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)  # as in layers.batch_norm
 
 
 def fold_batch_norm(model, name=None):
@@ -77,28 +78,6 @@ def folded_pairs(model):
     plan = _plan(model)
     return [(node.operation.name, plan.bn_of_conv[key].operation.name)
             for node in _nodes_in_order(model) for key in [id(node)] if key in plan.bn_of_conv]
-
-
-def fold_conv_bn_weights(kernel, bias, gamma, beta, mean, variance, epsilon, depthwise=False):
-    """``(kernel', bias')`` of the conv equal to ``BN(conv(x))`` at inference; ``None`` gamma / beta / bias = 1 / 0 / 0.
-
-    ``kernel``: ``[..., in, out]`` for a conv, ``[..., in, multiplier]`` for a depthwise conv (output channel
-    ``c * multiplier + m``). Computed in float64, returned in ``kernel``'s dtype.
-    """
-    kernel = np.asarray(kernel)
-    dtype = kernel.dtype
-    k = kernel.astype(np.float64)
-    out_shape = (k.shape[-2] * k.shape[-1],) if depthwise else (k.shape[-1],)
-    mean = np.asarray(mean, np.float64).reshape(out_shape)
-    scale = 1.0 / np.sqrt(np.asarray(variance, np.float64).reshape(out_shape) + float(epsilon))
-    if gamma is not None:
-        scale = scale * np.asarray(gamma, np.float64).reshape(out_shape)
-    b = np.zeros(out_shape) if bias is None else np.asarray(bias, np.float64).reshape(out_shape)
-    new_bias = (b - mean) * scale
-    if beta is not None:
-        new_bias = new_bias + np.asarray(beta, np.float64).reshape(out_shape)
-    new_kernel = k * (scale.reshape(k.shape[-2:]) if depthwise else scale)
-    return new_kernel.astype(dtype), new_bias.astype(dtype)
 
 
 # -- graph analysis ----------------------------------------------------------------------------------------------
@@ -204,16 +183,6 @@ def _copy_call(operation, args, kwargs):
     if operation.weights:
         copy.set_weights(operation.get_weights())
     return outputs
-
-
-def folded_conv_weights(conv, bn):
-    """``(kernel', bias')`` (numpy) of the conv equal to ``bn(conv(x))`` at inference, for built layers ``conv``
-    and ``bn``: what a composite layer's ``fold_batch_norm()`` sets on its folded conv."""
-    return fold_conv_bn_weights(
-        conv.kernel.numpy(), conv.bias.numpy() if conv.use_bias else None,
-        bn.gamma.numpy() if bn.scale else None, bn.beta.numpy() if bn.center else None,
-        bn.moving_mean.numpy(), bn.moving_variance.numpy(), bn.epsilon,
-        depthwise=isinstance(conv, _DEPTHWISE_TYPES))
 
 
 def _set_folded_weights(folded, conv, bn):

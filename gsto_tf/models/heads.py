@@ -40,10 +40,10 @@ PPM_BINS = (1, 2, 3, 6)
 ASPP_RATES_OS8 = (12, 24, 36)
 
 
-def _cbr(x, filters, kernel_size, name, dilation=1, sync=False):
+def _cbr(x, filters, kernel_size, name, dilation=1, sync_batchnorm=False):
     """mmcv ConvModule: conv (no bias) ``{name}.conv`` -> BN ``{name}.bn`` -> ReLU."""
     x = conv2d(x, filters, kernel_size, f"{name}.conv", dilation=dilation)
-    x = batch_norm(x, f"{name}.bn", sync)
+    x = batch_norm(x, f"{name}.bn", sync_batchnorm)
     return relu(x, f"{name}.relu")
 
 
@@ -54,11 +54,11 @@ class Gating:
     map); ``style``: the SpatialGate style.
     """
 
-    def __init__(self, gate=None, style="paper", class_scores=None, sync=False):
+    def __init__(self, gate=None, style="paper", class_scores=None, sync_batchnorm=False):
         self.gate = gate
         self.style = style
         self.class_scores = class_scores
-        self.sync = sync
+        self.sync_batchnorm = sync_batchnorm
         self._pooled_scores = {}
 
     def scores_at(self, bins, name):
@@ -71,47 +71,48 @@ class Gating:
         """Gate ``x`` with a gate named ``name``; ``bins`` = the grid ``x`` was pooled to (None: full res)."""
         if self.gate is None:
             return x
-        layer = GatedScaleTransfer(None, "same", gate=self.gate, gate_style=self.style, sync_batchnorm=self.sync,
-                                   gate_key=name, resize_class_scores=False, name=name)
+        layer = GatedScaleTransfer(None, "same", gate=self.gate, gate_style=self.style,
+                                   sync_batchnorm=self.sync_batchnorm, gate_key=name, resize_class_scores=False,
+                                   name=name)
         if self.gate == "unsupervised":
             return layer(x)
         scores = self.class_scores if bins is None else self.scores_at(bins, f"{name}.scores_pool")
         return layer(x, class_scores=scores)
 
 
-def _pooled_branch(x, bins, channels, name, gating, sync):
+def _pooled_branch(x, bins, channels, name, gating, sync_batchnorm):
     """Gate -> adaptive pool to ``bins x bins`` (``{name}.0``) -> 1x1 CBR (``{name}.1``) -> gate -> upsample."""
     y = gating(x, f"{name}.gate")
     y = AdaptiveAveragePooling2D(bins, name=f"{name}.0")(y)
-    y = _cbr(y, channels, 1, f"{name}.1", sync=sync)
+    y = _cbr(y, channels, 1, f"{name}.1", sync_batchnorm=sync_batchnorm)
     y = gating(y, f"{name}.up_gate", bins=bins)
     return BilinearResize(name=f"{name}.up")([y, x])
 
 
-def ppm_head(x, *, channels=512, bins=PPM_BINS, gating=None, sync=False, name="decode_head"):
+def ppm_head(x, *, channels=512, bins=PPM_BINS, gating=None, sync_batchnorm=False, name="decode_head"):
     """Pyramid pooling (PSPNet): ``concat(x, up(CBR1x1(pool_b(x))) for b in bins)`` -> 3x3 CBR; returns the
     ``channels``-wide feature before dropout / classifier."""
-    gating = gating or Gating(sync=sync)
+    gating = gating or Gating(sync_batchnorm=sync_batchnorm)
     outs = [x]
     for k, b in enumerate(bins):
-        outs.append(_pooled_branch(x, b, channels, f"{name}.psp_modules.{k}", gating, sync))
+        outs.append(_pooled_branch(x, b, channels, f"{name}.psp_modules.{k}", gating, sync_batchnorm))
     y = keras.layers.Concatenate(name=f"{name}.concat")(outs)
-    return _cbr(y, channels, 3, f"{name}.bottleneck", sync=sync)
+    return _cbr(y, channels, 3, f"{name}.bottleneck", sync_batchnorm=sync_batchnorm)
 
 
-def aspp_head(x, *, channels=512, rates=ASPP_RATES_OS8, bottleneck_kernel=1, gating=None, sync=False,
+def aspp_head(x, *, channels=512, rates=ASPP_RATES_OS8, bottleneck_kernel=1, gating=None, sync_batchnorm=False,
               name="decode_head"):
     """ASPP (DeepLabV3): image pooling + 1x1 + atrous 3x3 per rate, concat -> CBR (``bottleneck_kernel``: 1 as in
     DeepLabV3, 3 as in mmseg's ASPPHead)."""
-    gating = gating or Gating(sync=sync)
-    outs = [_pooled_branch(x, 1, channels, f"{name}.image_pool", gating, sync)]
-    outs.append(_cbr(x, channels, 1, f"{name}.aspp_modules.0", sync=sync))
+    gating = gating or Gating(sync_batchnorm=sync_batchnorm)
+    outs = [_pooled_branch(x, 1, channels, f"{name}.image_pool", gating, sync_batchnorm)]
+    outs.append(_cbr(x, channels, 1, f"{name}.aspp_modules.0", sync_batchnorm=sync_batchnorm))
     for k, rate in enumerate(rates, 1):
         branch = f"{name}.aspp_modules.{k}"
         y = gating(x, f"{branch}.gate")
-        outs.append(_cbr(y, channels, 3, branch, dilation=int(rate), sync=sync))
+        outs.append(_cbr(y, channels, 3, branch, dilation=int(rate), sync_batchnorm=sync_batchnorm))
     y = keras.layers.Concatenate(name=f"{name}.concat")(outs)
-    return _cbr(y, channels, bottleneck_kernel, f"{name}.bottleneck", sync=sync)
+    return _cbr(y, channels, bottleneck_kernel, f"{name}.bottleneck", sync_batchnorm=sync_batchnorm)
 
 
 def classifier(x, num_classes, dropout, name):
@@ -121,7 +122,7 @@ def classifier(x, num_classes, dropout, name):
     return conv2d(x, num_classes, 1, f"{name}.conv_seg", use_bias=True, dtype=out_names.logits_dtype())
 
 
-def fcn_aux_head(x, num_classes, *, channels=256, dropout=0.1, sync=False, name="auxiliary_head"):
+def fcn_aux_head(x, num_classes, *, channels=256, dropout=0.1, sync_batchnorm=False, name="auxiliary_head"):
     """Standard FCN auxiliary head (mmseg FCNHead, one conv): 3x3 CBR -> dropout -> 1x1 classifier."""
-    y = _cbr(x, channels, 3, f"{name}.convs.0", sync=sync)
+    y = _cbr(x, channels, 3, f"{name}.convs.0", sync_batchnorm=sync_batchnorm)
     return classifier(y, num_classes, dropout, name)

@@ -52,16 +52,16 @@ def _check_gsto_parts(gsto, gsto_parts):
     return parts
 
 
-def _layer1(x, stage, sync):
+def _layer1(x, stage, sync_batchnorm):
     planes = stage["num_channels"][0]
     in_channels = x.shape[-1]
     for k in range(stage["num_blocks"][0]):
         downsample = k == 0 and in_channels != planes * BOTTLENECK_EXPANSION
-        x = bottleneck_block(x, planes, f"layer1.{k}", downsample=downsample, sync=sync)
+        x = bottleneck_block(x, planes, f"layer1.{k}", downsample=downsample, sync_batchnorm=sync_batchnorm)
     return x
 
 
-def _transition(xs, cur_channels, index, sync, class_scores=None):
+def _transition(xs, cur_channels, index, sync_batchnorm, class_scores=None):
     """transition{index}: adapt existing branches' widths and create the new, half-resolution branch.
 
     The new branch is a scale transfer of the lowest branch (3x3 stride-2 conv-BN-ReLU, official key
@@ -74,7 +74,7 @@ def _transition(xs, cur_channels, index, sync, class_scores=None):
         if i < len(xs):
             if channels != prev_channels[i]:
                 out.append(conv_bn(xs[i], channels, 3, f"transition{index}.{i}.0", f"transition{index}.{i}.1",
-                                   sync=sync))
+                                   sync_batchnorm=sync_batchnorm))
             else:
                 out.append(xs[i])
             continue
@@ -83,7 +83,7 @@ def _transition(xs, cur_channels, index, sync, class_scores=None):
         layer = GatedScaleTransfer(
             channels, scale="down", factor=2, down_method="conv", activation="relu",
             gate="supervised" if gated else None, gate_kernel_size=3 if gated else 1,
-            gate_downsample=len(xs) - 1 if gated else 0, sync_batchnorm=sync,
+            gate_downsample=len(xs) - 1 if gated else 0, sync_batchnorm=sync_batchnorm,
             gate_key=f"att{index}.{index}" if gated else None, transform_key=key,
             name=f"att{index}.{index}" if gated else key,
         )
@@ -91,7 +91,7 @@ def _transition(xs, cur_channels, index, sync, class_scores=None):
     return out
 
 
-def _fuse_term(branches, i, j, channels, prefix, gate_style, sync):
+def _fuse_term(branches, i, j, channels, prefix, gate_style, sync_batchnorm):
     """``T_ij(g_ij * x_j)``: the scale transfer from input branch ``j`` to output branch ``i``.
 
     One :class:`~gsto_tf.layers.GatedScaleTransfer` (``gate_style=None``: HRNetV2, no gate): up (``j > i``): 1x1
@@ -111,35 +111,36 @@ def _fuse_term(branches, i, j, channels, prefix, gate_style, sync):
         args = {"filters": None, "scale": "same"}
     layer = GatedScaleTransfer(
         **args, gate=None if gate_style is None else "unsupervised", gate_style=gate_style or "official",
-        sync_batchnorm=sync, gate_key=gate_key, transform_key=fuse_key,
+        sync_batchnorm=sync_batchnorm, gate_key=gate_key, transform_key=fuse_key,
         name=fuse_key if gate_style is None else gate_key,
     )
     return layer(branches[j], reference=branches[i]) if j > i else layer(branches[j])
 
 
-def _hr_module(xs, stage, prefix, gsto, gate_style, sync):
+def _hr_module(xs, stage, prefix, gsto, gate_style, sync_batchnorm):
     channels = stage["num_channels"]
     branches = []
     for b, x in enumerate(xs):
         for k in range(stage["num_blocks"][b]):
-            x = basic_block(x, channels[b], f"{prefix}.branches.{b}.{k}", sync=sync)
+            x = basic_block(x, channels[b], f"{prefix}.branches.{b}.{k}", sync_batchnorm=sync_batchnorm)
         branches.append(x)
     n = len(branches)
     fused = []
     for i in range(n):
-        terms = [_fuse_term(branches, i, j, channels, prefix, gate_style if gsto else None, sync) for j in range(n)]
+        terms = [_fuse_term(branches, i, j, channels, prefix, gate_style if gsto else None, sync_batchnorm)
+                 for j in range(n)]
         y = keras.layers.Add(name=f"{prefix}.fuse.{i}.add")(terms)
         fused.append(relu(y, f"{prefix}.fuse.{i}.relu"))
     return fused
 
 
-def _stage(xs, stage, index, gsto, gate_style, sync):
+def _stage(xs, stage, index, gsto, gate_style, sync_batchnorm):
     for m in range(stage["num_modules"]):
-        xs = _hr_module(xs, stage, f"stage{index}.{m}", gsto, gate_style, sync)
+        xs = _hr_module(xs, stage, f"stage{index}.{m}", gsto, gate_style, sync_batchnorm)
     return xs
 
 
-def _seg_head(xs, num_classes, prefix, sync):
+def _seg_head(xs, num_classes, prefix, sync_batchnorm):
     """Concat all branches upsampled to branch 0 -> conv1x1 -> BN -> ReLU -> conv1x1 to K (HRNetV2 head).
 
     The first conv is evaluated per branch before upsampling (:class:`UpsampleConcatConv1x1`, same weights, same
@@ -147,7 +148,7 @@ def _seg_head(xs, num_classes, prefix, sync):
     """
     channels = sum(x.shape[-1] for x in xs)
     x = UpsampleConcatConv1x1(channels, use_bias=True, name=f"{prefix}.0")(xs)
-    x = batch_norm(x, f"{prefix}.1", sync)
+    x = batch_norm(x, f"{prefix}.1", sync_batchnorm)
     x = relu(x, f"{prefix}.2")
     # Logits in float32 even under a mixed-precision policy (stable softmax / loss); float64 in a float64 model.
     return conv2d(x, num_classes, 1, f"{prefix}.3", use_bias=True, dtype=out_names.logits_dtype())
@@ -167,23 +168,22 @@ def hrnet_features(inputs, spec="w18_small_v2", *, gsto=False, num_classes=None,
         raise ValueError(f"`gate_style` must be one of {GATE_STYLES}, got {gate_style!r}.")
     if "aux_heads" in parts and not num_classes:
         raise ValueError("GSTO-HRNet needs `num_classes`: its transitions are gated by predicted class maps.")
-    sync = sync_batchnorm
-    x = conv_bn(inputs, 64, 3, "conv1", "bn1", strides=2, sync=sync)
-    x = conv_bn(x, 64, 3, "conv2", "bn2", strides=2, sync=sync)
-    x = _layer1(x, spec["stage1"], sync)
+    x = conv_bn(inputs, 64, 3, "conv1", "bn1", strides=2, sync_batchnorm=sync_batchnorm)
+    x = conv_bn(x, 64, 3, "conv2", "bn2", strides=2, sync_batchnorm=sync_batchnorm)
+    x = _layer1(x, spec["stage1"], sync_batchnorm)
 
     aux = {}
-    xs = _transition([x], spec["stage2"]["num_channels"], 1, sync)
+    xs = _transition([x], spec["stage2"]["num_channels"], 1, sync_batchnorm)
     for s in (2, 3):
-        xs = _stage(xs, spec[f"stage{s}"], s, "fusion_gates" in parts, gate_style, sync)
+        xs = _stage(xs, spec[f"stage{s}"], s, "fusion_gates" in parts, gate_style, sync_batchnorm)
         class_scores = None
         if "aux_heads" in parts:
             aux_name = out_names.AUX_STAGE2 if s == 2 else out_names.AUX_STAGE3
-            aux[aux_name] = _seg_head(xs, num_classes, f"last_layer_stage{s}", sync)
+            aux[aux_name] = _seg_head(xs, num_classes, f"last_layer_stage{s}", sync_batchnorm)
         if "transition_gates" in parts:  # stage-s class map -> att{s}.{s} gate on the lowest branch
             class_scores = aux[aux_name]
-        xs = _transition(xs, spec[f"stage{s + 1}"]["num_channels"], s, sync, class_scores=class_scores)
-    xs = _stage(xs, spec["stage4"], 4, "fusion_gates" in parts, gate_style, sync)
+        xs = _transition(xs, spec[f"stage{s + 1}"]["num_channels"], s, sync_batchnorm, class_scores=class_scores)
+    xs = _stage(xs, spec["stage4"], 4, "fusion_gates" in parts, gate_style, sync_batchnorm)
     return xs, aux
 
 

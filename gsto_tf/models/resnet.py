@@ -47,14 +47,14 @@ def _resolve_blocks(depth, blocks):
     return RESNET_DEPTHS[depth]
 
 
-def _stem(x, stem, channels, sync):
+def _stem(x, stem, channels, sync_batchnorm):
     if stem == "deep":
         # stem.{0,3,6} convs, stem.{1,4,7} BNs, ReLUs at stem.{2,5,8} (mmseg's nn.Sequential indices).
-        x = conv_bn(x, channels // 2, 3, "stem.0", "stem.1", strides=2, sync=sync)
-        x = conv_bn(x, channels // 2, 3, "stem.3", "stem.4", sync=sync)
-        x = conv_bn(x, channels, 3, "stem.6", "stem.7", sync=sync)
+        x = conv_bn(x, channels // 2, 3, "stem.0", "stem.1", strides=2, sync_batchnorm=sync_batchnorm)
+        x = conv_bn(x, channels // 2, 3, "stem.3", "stem.4", sync_batchnorm=sync_batchnorm)
+        x = conv_bn(x, channels, 3, "stem.6", "stem.7", sync_batchnorm=sync_batchnorm)
     elif stem == "basic":
-        x = conv_bn(x, channels, 7, "conv1", "bn1", strides=2, sync=sync)
+        x = conv_bn(x, channels, 7, "conv1", "bn1", strides=2, sync_batchnorm=sync_batchnorm)
     else:
         raise ValueError(f"ResNet: `stem` must be one of {STEMS}, got {stem!r}.")
     # PyTorch MaxPool2d(3, 2, padding=1) pads with -inf; the input is post-ReLU (>= 0) and every window holds a
@@ -78,8 +78,7 @@ def resnet_features(inputs, depth=50, *, output_stride=8, stem="deep", blocks=No
         raise ValueError(f"ResNet: `base_channels` must be an even int >= 2, got {base_channels!r}.")
     blocks = _resolve_blocks(depth, blocks)
     strides, dilations = _STRIDE_LAYOUTS[output_stride]
-    sync = sync_batchnorm
-    x = _stem(inputs, stem, base_channels, sync)
+    x = _stem(inputs, stem, base_channels, sync_batchnorm)
     in_channels = base_channels
     features = {}
     for s in range(4):
@@ -96,7 +95,7 @@ def resnet_features(inputs, depth=50, *, output_stride=8, stem="deep", blocks=No
                 strides=strides[s] if k == 0 else 1,
                 dilation=dilation,
                 downsample=downsample,
-                sync=sync,
+                sync_batchnorm=sync_batchnorm,
                 expansion=BOTTLENECK_EXPANSION,
             )
             in_channels = planes * BOTTLENECK_EXPANSION
