@@ -279,6 +279,9 @@ def _train(config, run_dir, plan, model, start, evaluate_at_end, verbose):
         names = list(model.output)
         ds = _train_batches(config, plan, initial_chunk * chunk).map(lambda x, y: (x, {n: y for n in names}))
         callbacks = _callbacks(run_dir, state, nan_guard, run_eval, config, chunk, initial_chunk, eval_context)
+        if verbose:  # Keras' progress bar times step 1 with the tracing; from step 2 on it leaves step 1 out
+            print("the first step traces the training graph, so the ETA shown after it is too high; it is right "
+                  "from the second step")
         with reading_data():  # a bad file: one line naming it, not a graph-execution error
             history = model.fit(ds, epochs=num_chunks, steps_per_epoch=chunk, initial_epoch=initial_chunk,
                                 shuffle=False, callbacks=callbacks, verbose=verbose)
