@@ -30,8 +30,12 @@ def clip(text, limit=300):
 
 
 def shorten(value, limit=80):
-    """``repr(value)`` cut to ``limit`` characters: error messages quote values, never whole files."""
-    text = repr(value)
+    """``repr(value)`` cut to ``limit`` characters: error messages quote values, never whole files (nor a crafted
+    structure too deep to print)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deep to print>"
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

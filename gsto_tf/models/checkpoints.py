@@ -23,6 +23,8 @@ import zlib
 import keras
 import numpy as np
 
+from gsto_tf.user_input import shorten
+
 # Keys in released checkpoints that are not part of the network.
 _DROPPED_PREFIXES = ("loss.",)
 # Official GSTO checkpoints hold `att1.*`, which the official forward pass never uses
@@ -155,16 +157,16 @@ class _TensorBuilder:
     def _storage(self, key, ref):
         pid = ref.args
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise self._fail(key, f"unsupported storage reference {_short(pid)} (expected ('storage', type, key, "
+            raise self._fail(key, f"unsupported storage reference {shorten(pid)} (expected ('storage', type, key, "
                                   "location, number of elements) as torch.save writes)")
         _, storage_type, name, _location, numel = pid
         if not isinstance(storage_type, _StorageType):
-            raise self._fail(key, f"unsupported storage type {_short(storage_type)}")
+            raise self._fail(key, f"unsupported storage type {shorten(storage_type)}")
         if storage_type.name not in _STORAGE_DTYPES:
             raise self._fail(key, f"dtype of torch.{storage_type.name} is not supported (supported: "
                                   f"{', '.join(sorted(_STORAGE_DTYPES))}); save it as float32")
         if not isinstance(name, str) or not _is_int(numel) or numel < 0:
-            raise self._fail(key, f"malformed storage reference {_short(pid)} (expected a string key and a "
+            raise self._fail(key, f"malformed storage reference {shorten(pid)} (expected a string key and a "
                                   "non-negative element count)")
         dtype = np.dtype(_STORAGE_DTYPES[storage_type.name]).newbyteorder("<")
         entry = f"{self.prefix}/data/{name}" if self.prefix else f"data/{name}"
@@ -194,19 +196,19 @@ class _TensorBuilder:
                 raise self._fail(key, "torch._utils._rebuild_parameter without data")
             value = value.args[0]
         if not (isinstance(value, _Lazy) and value.kind == "tensor"):
-            raise self._fail(key, f"expected a tensor, got {_short(value)} (a state dict maps names to tensors)")
+            raise self._fail(key, f"expected a tensor, got {shorten(value)} (a state dict maps names to tensors)")
         args = value.args
         if len(args) < 4:
             raise self._fail(key, f"_rebuild_tensor_v2 with {len(args)} arguments, expected (storage, offset, "
                                   "size, stride, ...)")
         ref, offset, size, stride = args[:4]
         if not isinstance(ref, _Lazy) or ref.kind != "storage":
-            raise self._fail(key, f"the tensor's storage is {_short(ref)}, not a storage of the archive")
+            raise self._fail(key, f"the tensor's storage is {shorten(ref)}, not a storage of the archive")
         if not _is_int(offset) or offset < 0:
-            raise self._fail(key, f"storage offset {_short(offset)}, expected a non-negative int")
+            raise self._fail(key, f"storage offset {shorten(offset)}, expected a non-negative int")
         for what, dims in (("size", size), ("stride", stride)):
             if not isinstance(dims, (tuple, list)) or not all(_is_int(d) and 0 <= d <= _MAX_DIM for d in dims):
-                raise self._fail(key, f"{what} {_short(dims)}, expected a tuple of non-negative ints "
+                raise self._fail(key, f"{what} {shorten(dims)}, expected a tuple of non-negative ints "
                                       f"(at most {_MAX_DIM})")
         if len(size) != len(stride) or len(size) > _MAX_NDIM:
             raise self._fail(key, f"size {tuple(size)} and stride {tuple(stride)}: expected equally long tuples "
@@ -248,14 +250,6 @@ class _TensorBuilder:
             raise self._fail(key, f"non-contiguous tensors would take {self._copied_bytes} bytes, more than the "
                                   f"{stored} bytes the file stores (overlapping views; save .clone()s)")
         return array.copy()
-
-
-def _short(value, limit=80):
-    try:
-        text = repr(value)
-    except RecursionError:
-        return f"<a {type(value).__name__} nested too deep to print>"
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _too_deep(obj, limit=_MAX_PICKLE_DEPTH):
@@ -343,7 +337,7 @@ def _read_pth(path):
         state = {}
         for key, value in obj.items():
             if not isinstance(key, str):
-                raise CheckpointError(f"{path}: state-dict key {_short(key)} is not a string.")
+                raise CheckpointError(f"{path}: state-dict key {shorten(key)} is not a string.")
             state[key] = builder.build(key, value)
     return state
 
