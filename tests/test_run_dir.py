@@ -323,3 +323,12 @@ def test_live_run_locks_its_folder_and_a_killed_one_does_not(tmp_path):
     finally:
         lock.release()
     claim_run_dir(str(run), make_config("synthetic")).release()
+
+
+def test_unknown_dataset_for_train_is_one_line(tmp_path, capsys):
+    from gsto_tf.cli import main
+
+    assert main(["train", "--dataset", "nosuch", "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train: unknown dataset 'nosuch'") and "\n" not in err, err
+    assert not (tmp_path / "run").exists()
