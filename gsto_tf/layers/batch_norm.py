@@ -40,7 +40,7 @@ _FUSED_DTYPES = (tf.float32, tf.bfloat16, tf.float16)
 # momentum is the weight of the old moving value: 1 - 0.01.
 TORCH_BN_MOMENTUM = 0.99
 TORCH_BN_EPSILON = 1e-5
-_DEPTHWISE_TYPES = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+DEPTHWISE_CONV_TYPES = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
 
 
 @keras.saving.register_keras_serializable(package="gsto_tf")
@@ -170,4 +170,4 @@ def folded_conv_weights(conv, bn):
         conv.kernel.numpy(), conv.bias.numpy() if conv.use_bias else None,
         bn.gamma.numpy() if bn.scale else None, bn.beta.numpy() if bn.center else None,
         bn.moving_mean.numpy(), bn.moving_variance.numpy(), bn.epsilon,
-        depthwise=isinstance(conv, _DEPTHWISE_TYPES))
+        depthwise=isinstance(conv, DEPTHWISE_CONV_TYPES))

@@ -184,7 +184,6 @@ class _TensorBuilder:
             raise self._fail(key, f"storage entry {entry} holds {info.file_size} bytes, but the checkpoint "
                                   f"declares {numel} x {dtype.itemsize}-byte elements = {numel * dtype.itemsize} "
                                   "bytes (truncated or corrupt file)")
-        _check_compression(info, self.path)
         raw = bytearray(self.archive.read(entry))  # writable, so the arrays built on it are too
         storage = np.frombuffer(raw, dtype=dtype)
         self._storages[entry] = storage
@@ -314,8 +313,7 @@ def _read_pth(path):
         byteorder = f"{prefix}/byteorder" if prefix else "byteorder"
         if byteorder in names and archive.read(byteorder).strip() != b"little":
             raise CheckpointError(f"{path}: big-endian checkpoints are not supported.")
-        _check_total_size(archive, path)
-        _check_compression(archive.getinfo(pickles[0]), path)
+        _check_total_size(archive, path)  # every entry, the pickle and each storage, before any is read
         try:
             obj = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), path).load()
         except CheckpointError:

@@ -33,10 +33,13 @@ The model's inputs, output structure (a dict keeps its keys) and output dtypes (
 import keras
 from keras import tree
 
-from gsto_tf.layers.batch_norm import fold_conv_bn_weights, folded_conv_weights  # noqa: F401 (re-exported)
+from gsto_tf.layers.batch_norm import (  # noqa: F401 (fold_conv_bn_weights re-exported)
+    DEPTHWISE_CONV_TYPES,
+    fold_conv_bn_weights,
+    folded_conv_weights,
+)
 
 _CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_DEPTHWISE_TYPES = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)  # as in layers.batch_norm
 
 
 def fold_batch_norm(model, name=None):
@@ -148,7 +151,7 @@ def _is_foldable_bn(bn, node):
 
 
 def _is_foldable_conv(conv, bn):
-    if not isinstance(conv, _CONV_TYPES + _DEPTHWISE_TYPES) or len(conv._inbound_nodes) != 1:
+    if not isinstance(conv, _CONV_TYPES + DEPTHWISE_CONV_TYPES) or len(conv._inbound_nodes) != 1:
         return False
     if conv.activation not in (None, keras.activations.linear):
         return False
