@@ -26,11 +26,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from gsto_tf.cli.common import parse_size  # noqa: E402
+from gsto_tf.user_input import parse_size  # noqa: E402
 from gsto_tf.data import build_eval_dataset, ensure_synthetic  # noqa: E402
 from gsto_tf.export import TFLiteRunner, export_saved_model, export_tflite  # noqa: E402
 from gsto_tf.layers import resize_bilinear  # noqa: E402
-from gsto_tf.models import build, inference_model, load_checkpoint  # noqa: E402
+from gsto_tf.models import build, inference_model# noqa: E402
+from gsto_tf.checkpoints import load_checkpoint  # noqa: E402
 from gsto_tf.tables import print_and_write  # noqa: E402
 
 

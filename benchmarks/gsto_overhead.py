@@ -29,7 +29,7 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from gsto_tf.cli.common import parse_size
+from gsto_tf.user_input import parse_size
 from gsto_tf.tables import print_and_write  # no TensorFlow in the parent
 
 VARIANTS = {  # name -> (family, gsto_parts)

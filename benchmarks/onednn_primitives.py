@@ -75,7 +75,7 @@ def main(argv=None):
     parser.add_argument("--kind", default="infer", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        from gsto_tf.cli.common import parse_size
+        from gsto_tf.user_input import parse_size
 
         args.size = parse_size(args.size)
         return child(args)

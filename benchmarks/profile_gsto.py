@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
-from gsto_tf.cli.common import parse_size  # noqa: E402
+from gsto_tf.user_input import parse_size  # noqa: E402
 from gsto_tf.tables import print_and_write  # noqa: E402
 from speed import step_functions  # noqa: E402  (benchmarks/speed.py: this folder is sys.path[0])
 

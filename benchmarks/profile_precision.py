@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from gsto_tf.cli.common import parse_size  # noqa: E402
+from gsto_tf.user_input import parse_size  # noqa: E402
 from gsto_tf.tables import print_and_write  # noqa: E402
 from profile_gsto import op_times  # noqa: E402  (this folder is sys.path[0])
 from speed import POLICIES, step_functions  # noqa: E402

@@ -43,7 +43,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from gsto_tf.cli.common import parse_size  # noqa: E402
+from gsto_tf.user_input import parse_size  # noqa: E402
 from gsto_tf.export import TFLiteRunner, export_tflite  # noqa: E402
 from gsto_tf.models import build, inference_model  # noqa: E402
 from gsto_tf.models.counting import count_model  # noqa: E402

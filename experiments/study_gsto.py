@@ -75,7 +75,7 @@ def write_trunk(run_dir):
     import keras
     import numpy as np
 
-    from gsto_tf.models.checkpoints import is_head_key, torch_state_dict
+    from gsto_tf.checkpoints import is_head_key, torch_state_dict
 
     path = os.path.join(run_dir, "trunk.npz")
     if not os.path.isfile(path):

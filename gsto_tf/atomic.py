@@ -145,10 +145,3 @@ def save_model_atomically(model, path, weights_beside=False):
         written += (weights_path,)
     write_atomically(path, model.save)
     return written
-
-
-def save_png(path, array):
-    """Write a uint8 array (``[H, W]`` label map or ``[H, W, 3]`` RGB) as a PNG, atomically."""
-    from PIL import Image
-
-    return write_atomically(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

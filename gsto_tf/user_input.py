@@ -6,6 +6,8 @@ Anchors and aliases (``&a`` / ``*a``) are refused: no card or config needs them,
 "billion laughs" bombs that expand a few hundred bytes into gigabytes when the value is later written or printed.
 """
 
+import argparse
+
 import yaml
 
 MAX_YAML_BYTES = 1 << 20  # a card or a config is a page of text; anything larger is not one
@@ -49,3 +51,15 @@ def load_yaml(text, where):
         return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise YAMLInputError(f"{where}: not valid YAML ({clip(exc)})") from None
+
+
+def parse_size(text):
+    """``"HxW"`` -> ``(H, W)``, both positive integers. Meant as an argparse ``type=``: argparse then names the
+    argument in the error (``argument --input-size: expected HxW ...``)."""
+    try:
+        height, width = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        height = width = 0
+    if height <= 0 or width <= 0:
+        raise argparse.ArgumentTypeError(f"expected HxW with positive integers (e.g. 1024x2048), got {text!r}")
+    return height, width

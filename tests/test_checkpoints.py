@@ -8,8 +8,14 @@ import keras
 import numpy as np
 import pytest
 
-from gsto_tf.models import CheckpointError, build, load_checkpoint, load_torch_weights, read_state_dict
-from gsto_tf.models.checkpoints import model_torch_keys
+from gsto_tf.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    load_torch_weights,
+    model_torch_keys,
+    read_state_dict,
+)
+from gsto_tf.models import build
 
 
 def _tiny_state(model):

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from gsto_tf.cli import SUBCOMMANDS, build_parser
-from gsto_tf.cli.common import parse_size
+from gsto_tf.user_input import parse_size
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # TensorFlow's start-up notices: oneDNN, cpu_feature_guard, absl's note before its log is initialised, C++ INFO lines.

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gsto_tf.models import available_models, build, gate_layer_names, inference_model, load_torch_weights
+from gsto_tf.checkpoints import load_torch_weights
+from gsto_tf.models import available_models, build, gate_layer_names, inference_model
 from gsto_tf.models.context_models import build_context_model
 from gsto_tf.models.outputs import AUX_CLASS_MAP, AUX_FCN, AUX_LOSS_WEIGHTS, AUX_STAGE2, AUX_STAGE3, FINAL_LOGITS
 from helpers import run_model_test
@@ -277,8 +278,7 @@ def test_counting_walks_the_nested_backbone_and_the_pooling():
 @pytest.mark.parametrize("kernel", [3, 1])
 def test_mmseg_deeplabv3_checkpoint_fixes_the_aspp_bottleneck_kernel(kernel, tmp_path):
     """An mmseg DeepLabV3 checkpoint (ASPPHead: 3x3 bottleneck) loads strictly without aspp_bottleneck_kernel=3."""
-    from gsto_tf.models import load_checkpoint
-    from gsto_tf.models.checkpoints import torch_state_dict
+    from gsto_tf.checkpoints import load_checkpoint, torch_state_dict
     from torch_zip import write_state_dict
 
     source = _tiny("deeplabv3_resnet50", aspp_bottleneck_kernel=kernel)

@@ -216,7 +216,8 @@ def test_tflite_export_refuses_to_overwrite_without_the_flag(tmp_path, capsys):
 
 @pytest.mark.parametrize("umask", [0o022, 0o002])
 def test_exports_and_checkpoints_get_umask_permissions(tmp_path, umask):
-    from gsto_tf.atomic import save_model_atomically, save_png
+    from gsto_tf.atomic import save_model_atomically
+    from gsto_tf.images import save_png
 
     model = _pointwise()
     old = os.umask(umask)

@@ -13,10 +13,11 @@ import keras
 import numpy as np
 import pytest
 
+from gsto_tf.checkpoints import load_checkpoint
 from gsto_tf.data import build_eval_dataset, ensure_synthetic, resolve_data_dir
 from gsto_tf.export import TFLiteRunner, export_tflite, parity_report
 from gsto_tf.layers import resize_bilinear
-from gsto_tf.models import build, load_checkpoint
+from gsto_tf.models import build
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (32, 64)

@@ -73,3 +73,9 @@ def test_inference_model_is_idempotent():
 
     infer = inference_model(build("hrnetv2_w18_small_v1", 3), fold_batch_norm=False)
     assert inference_model(infer, fold_batch_norm=False) is infer and infer.output.shape[-1] == 3
+
+
+@pytest.mark.parametrize("old", ["sync", "synchronized", "sync_bn"])
+def test_other_names_of_the_sync_batchnorm_flag_are_refused_naming_ours(old):
+    with pytest.raises(ValueError, match=f"is `sync_batchnorm` \\(got `{old}`\\)"):
+        build("hrnetv2_w18_small_v1", 3, **{old: True})

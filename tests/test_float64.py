@@ -82,7 +82,7 @@ def test_float64_loss_matches_numpy(kwargs, float64_floatx):
 
 
 def test_loading_keeps_the_stored_precision(tmp_path):
-    from gsto_tf.models.checkpoints import load_torch_weights, torch_state_dict
+    from gsto_tf.checkpoints import load_torch_weights, torch_state_dict
 
     source = build("hrnetv2_w18_small_v1", 3, input_shape=(32, 32, 3), dtype="float64")
     rng = np.random.default_rng(0)

@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from gsto_tf.checkpoints import load_torch_weights
 from gsto_tf.data import build_eval_dataset, ensure_synthetic
 from gsto_tf.export import export_saved_model
+from gsto_tf.keras_internals import walk_layers
 from gsto_tf.layers import (FusedBatchNormalization, GatedScaleTransfer, SpatialGate, UpsampleConcatConv1x1,
                             resize_bilinear)
-from gsto_tf.models import build, inference_model, load_torch_weights
-from gsto_tf.models.folding import fold_batch_norm, fold_conv_bn_weights, folded_pairs
+from gsto_tf.layers.batch_norm import fold_conv_bn_weights
+from gsto_tf.models import build, inference_model
+from gsto_tf.models.folding import fold_batch_norm, folded_pairs
 
 PARITY_CASES = {"hrnetv2_w18s1_c19": ("hrnetv2_w18_small_v1", ["logits"]),
                 "gsto_hrnet_w18s1_c19": ("gsto_hrnet_w18_small_v1", ["logits", "aux_stage3", "aux_stage2"])}
@@ -22,7 +25,7 @@ PARITY_CASES = {"hrnetv2_w18s1_c19": ("hrnetv2_w18_small_v1", ["logits"]),
 def randomize_batch_norms(model, seed=0):
     """Non-trivial BN statistics and affine parameters, so that folding changes every folded kernel."""
     rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers():
+    for layer in walk_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.moving_mean.shape[0]
             layer.moving_mean.assign(rng.normal(0, 0.5, n))
@@ -38,7 +41,7 @@ def _relative(got, ref):
 
 
 def _bn_layers(model):
-    return [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    return [layer for layer in walk_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def test_fold_conv_bn_weights_equals_conv_then_bn():

@@ -86,8 +86,8 @@ def test_checkpoint_sublayers_name_the_official_keys():
 
 
 def test_hrnet_checkpoint_keys_come_from_the_layers():
+    from gsto_tf.checkpoints import model_torch_keys
     from gsto_tf.models import build
-    from gsto_tf.models.checkpoints import model_torch_keys
 
     keys = model_torch_keys(build("gsto_hrnet_w18_small_v1", 3))
     for key in ("stage3.0.att_layers.2.0.0.weight", "stage3.0.att_layers.2.0.1.running_var",

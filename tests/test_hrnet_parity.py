@@ -9,7 +9,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from gsto_tf.models import build, load_torch_weights, read_state_dict
+from gsto_tf.checkpoints import load_torch_weights, read_state_dict
+from gsto_tf.models import build
 
 OUTPUTS = {"hrnetv2": ["logits"], "gsto_hrnet": ["logits", "aux_stage3", "aux_stage2"]}
 VENDORED = {"hrnetv2_w18s1_c19": "hrnetv2_w18_small_v1", "gsto_hrnet_w18s1_c19": "gsto_hrnet_w18_small_v1"}

@@ -1,5 +1,6 @@
 """The import directions that keep the package layered: layers are the bottom floor (they never import models,
-training, evaluation, export or the CLI), and nothing below the CLI imports the CLI. Checked on the source (ast),
+training, evaluation, export or the CLI), models never import the checkpoint wing built on them, and nothing
+below the CLI imports the CLI. Checked on the source (ast),
 imports inside functions included."""
 
 import ast
@@ -13,7 +14,9 @@ FORBIDDEN = {
     "layers": ("gsto_tf.models", "gsto_tf.training", "gsto_tf.evaluation", "gsto_tf.export", "gsto_tf.cli",
                "gsto_tf.data", "gsto_tf.visualize"),
     "data": ("gsto_tf.models", "gsto_tf.training", "gsto_tf.evaluation", "gsto_tf.export", "gsto_tf.cli"),
-    "models": ("gsto_tf.training", "gsto_tf.evaluation", "gsto_tf.export", "gsto_tf.cli"),
+    "models": ("gsto_tf.checkpoints", "gsto_tf.training", "gsto_tf.evaluation", "gsto_tf.export", "gsto_tf.cli"),
+    "checkpoints": ("gsto_tf.training", "gsto_tf.evaluation", "gsto_tf.export", "gsto_tf.cli", "gsto_tf.visualize"),
+    "visualize": ("gsto_tf.training", "gsto_tf.export", "gsto_tf.cli"),
     "evaluation": ("gsto_tf.training", "gsto_tf.export", "gsto_tf.cli"),
     "training": ("gsto_tf.export", "gsto_tf.cli"),
     "export": ("gsto_tf.training", "gsto_tf.cli"),
@@ -39,3 +42,8 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from gsto_tf.models.folding import x\n")
     assert list(_imports(source)) == ["gsto_tf.models.folding"]
+
+
+def test_checkpoint_reader_needs_no_keras():
+    assert not [name for name in _imports(PACKAGE / "checkpoints" / "torch_reader.py")
+                if name.startswith(("keras", "tensorflow", "gsto_tf.models"))]

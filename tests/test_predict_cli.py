@@ -8,7 +8,8 @@ from PIL import Image
 from data_utils import tiny_cityscapes, write_png
 from gsto_tf.cli import main
 from gsto_tf.data import get_dataset_spec, normalize_image
-from gsto_tf.evaluation.predict import colorize, expand_inputs, overlay
+from gsto_tf.evaluation.predict import expand_inputs
+from gsto_tf.visualize.colors import colorize, overlay
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +62,9 @@ def test_eval_cli_with_submission_pngs(tmp_path, checkpoint):
 
 
 def test_checkpoint_of_another_class_count_is_refused(tmp_path, checkpoint, capsys):
+    from gsto_tf.checkpoints import CheckpointError, load_checkpoint
     from gsto_tf.data import build_eval_dataset, ensure_synthetic
     from gsto_tf.evaluation import evaluate
-    from gsto_tf.models import CheckpointError, load_checkpoint
 
     data = ensure_synthetic(str(tmp_path / "syn"), height=16, width=32, train=2, val=2)  # 8 classes
     write_png(str(tmp_path / "in" / "a.png"), np.zeros((9, 13, 3), np.uint8))
@@ -167,8 +168,8 @@ def test_nonfinite_weights_are_refused_unless_allowed(tmp_path, nan_checkpoint, 
 
 
 def test_python_exports_refuse_nonfinite_weights(tmp_path, nan_checkpoint):
+    from gsto_tf.checkpoints import CheckpointError
     from gsto_tf.export import export_saved_model, export_tflite
-    from gsto_tf.models import CheckpointError
 
     model = keras.saving.load_model(nan_checkpoint)
     with pytest.raises(CheckpointError, match="weights hold NaN or Inf"):
@@ -179,7 +180,7 @@ def test_python_exports_refuse_nonfinite_weights(tmp_path, nan_checkpoint):
 
 
 def test_damaged_keras_file_is_named_as_damaged_not_missing(tmp_path, checkpoint, capsys):
-    from gsto_tf.models import CheckpointError, load_checkpoint
+    from gsto_tf.checkpoints import CheckpointError, load_checkpoint
 
     damaged = tmp_path / "damaged.keras"
     damaged.write_bytes(open(checkpoint, "rb").read()[:200])

@@ -1,6 +1,5 @@
 """The repository stands alone: its tests use only files inside it, and its docs are reachable from the README."""
 
-import pathlib
 import re
 import subprocess
 

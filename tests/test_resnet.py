@@ -4,8 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from gsto_tf.models import load_torch_weights
-from gsto_tf.models.checkpoints import CheckpointError
+from gsto_tf.checkpoints import CheckpointError, load_torch_weights
 from gsto_tf.models.resnet import build_resnet_backbone
 
 TINY = {"blocks": (1, 2, 2, 2), "base_channels": 8}

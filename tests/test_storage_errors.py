@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data_utils import write_png
-from gsto_tf.atomic import StorageError, storage_errors, write_atomically
+from gsto_tf.atomic import StorageError, storage_errors
 from gsto_tf.cli import main
 from gsto_tf.data import ensure_synthetic
 

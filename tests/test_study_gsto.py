@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from gsto_tf.models import build, load_torch_weights
-from gsto_tf.models.checkpoints import is_head_key, model_torch_keys, torch_state_dict
+from gsto_tf.checkpoints import is_head_key, load_torch_weights, model_torch_keys, torch_state_dict
+from gsto_tf.models import build
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -45,7 +45,7 @@ def test_short_synthetic_run_trains_and_evaluates(tmp_path):
     assert "PreciseBN applied" in out.stdout  # on in the synthetic recipe: final.keras carries re-estimated BN stats
 
     # A training checkpoint loads for inference in a process that never imports gsto_tf.training.
-    script = ("import sys; from gsto_tf.models import load_checkpoint; "
+    script = ("import sys; from gsto_tf.checkpoints import load_checkpoint; "
               f"m, _ = load_checkpoint({str(run / 'checkpoints' / 'final.keras')!r}); "
               "assert 'gsto_tf.training' not in sys.modules; print('OK', m.output['logits'].shape[-1])")
     loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,

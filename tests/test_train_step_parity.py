@@ -12,9 +12,8 @@ import pathlib
 import numpy as np
 import pytest
 
+from gsto_tf.checkpoints import load_torch_weights, model_torch_keys
 from gsto_tf.data import get_dataset_spec
-from gsto_tf.models import load_torch_weights
-from gsto_tf.models.checkpoints import model_torch_keys
 from gsto_tf.training.config import ExperimentConfig
 from gsto_tf.training.trainer import build_model, compile_model
 

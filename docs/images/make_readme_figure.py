@@ -24,9 +24,10 @@ from gsto_tf.atomic import write_atomically  # noqa: E402
 from gsto_tf.data import build_eval_dataset, get_dataset_spec, resolve_data_dir  # noqa: E402
 from gsto_tf.data.normalization import denormalize_image  # noqa: E402
 from gsto_tf.evaluation.inference import Predictor  # noqa: E402
-from gsto_tf.evaluation.predict import colorize  # noqa: E402
+from gsto_tf.visualize.colors import colorize  # noqa: E402
 from gsto_tf.evaluation.settings import test_setting  # noqa: E402
-from gsto_tf.models import gate_model, inference_model, load_checkpoint  # noqa: E402
+from gsto_tf.models import gate_model, inference_model# noqa: E402
+from gsto_tf.checkpoints import load_checkpoint  # noqa: E402
 
 # (gate layer, panel title): a stride-4 -> stride-16 fusion gate, a same-scale one, and a class-map transition gate.
 GATES = (("stage3.0.att_layers.2.0", "fusion gate\nstride 4 -> 16"),

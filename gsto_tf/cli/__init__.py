@@ -133,9 +133,9 @@ def build_parser(prog=None, command=None):
 def _user_errors():
     """Exceptions that mean bad input rather than a bug, when a subcommand leaves them unwrapped."""
     from gsto_tf.atomic import StorageError
+    from gsto_tf.checkpoints import CheckpointError
     from gsto_tf.data import DatasetError
     from gsto_tf.data.card import DatasetCardError
-    from gsto_tf.models import CheckpointError
     from gsto_tf.training.config import ConfigError
     from gsto_tf.training.run_dir import RunDirError
     from gsto_tf.user_input import YAMLInputError

@@ -1,6 +1,5 @@
 """What the subcommands share: the error for bad user input, the argument types, the C++ log filter."""
 
-import argparse
 import contextlib
 import os
 import re
@@ -70,18 +69,6 @@ def dataset_spec(dataset):
         return get_dataset_spec(dataset)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-
-
-def parse_size(text):
-    """``"HxW"`` -> ``(H, W)``, both positive integers. Meant as an argparse ``type=``: argparse then names the
-    argument in the error (``argument --input-size: expected HxW ...``)."""
-    try:
-        height, width = (int(v) for v in str(text).lower().split("x"))
-    except ValueError:
-        height = width = 0
-    if height <= 0 or width <= 0:
-        raise argparse.ArgumentTypeError(f"expected HxW with positive integers (e.g. 1024x2048), got {text!r}")
-    return height, width
 
 
 def add_allow_nonfinite_argument(parser):

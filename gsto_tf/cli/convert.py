@@ -1,8 +1,8 @@
 """`gsto-tf convert`: official PyTorch checkpoint (.pth / .npz) -> Keras `.keras` (+ `.weights.h5`)."""
 
 from gsto_tf.atomic import save_model_atomically
+from gsto_tf.checkpoints import CheckpointError, load_checkpoint
 from gsto_tf.cli.common import UsageError, add_allow_nonfinite_argument
-from gsto_tf.models.checkpoints import CheckpointError, load_checkpoint
 
 
 def add_arguments(parser):

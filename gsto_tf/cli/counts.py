@@ -2,7 +2,7 @@
 
 
 from gsto_tf import tables
-from gsto_tf.cli.common import parse_size
+from gsto_tf.user_input import parse_size
 from gsto_tf.models.counting import OFFICIAL_COUNTS, SLIDE_COUNTS, UNUSED_ATT1_PARAMS, count_named_model
 
 SLIDE_MODELS = ("hrnetv2_w18_small_v2", "gsto_hrnet_w18_small_v2", "hrnetv2_w48", "gsto_hrnet_w48")

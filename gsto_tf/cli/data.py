@@ -5,8 +5,9 @@ import math
 
 import numpy as np
 
-from gsto_tf.atomic import save_png
-from gsto_tf.cli.common import add_dataset_argument, dataset_spec, parse_size
+from gsto_tf.images import save_png
+from gsto_tf.cli.common import add_dataset_argument, dataset_spec
+from gsto_tf.user_input import parse_size
 from gsto_tf.data import resolve_data_dir
 
 
@@ -73,7 +74,7 @@ def overlay_grid(images, labels, spec, columns=4, alpha=0.5):
     """uint8 grid: each sample as [image | image blended with the palette-coloured label] (the overlay of
     ``predict``: ignore pixels are blended with black)."""
     from gsto_tf.data import denormalize_image
-    from gsto_tf.evaluation.predict import overlay
+    from gsto_tf.visualize.colors import overlay
 
     tiles = []
     for image, label in zip(images, labels):

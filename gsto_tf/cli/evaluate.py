@@ -4,18 +4,20 @@ import os
 
 import numpy as np
 
-from gsto_tf.atomic import save_png, storage_errors
+from gsto_tf.atomic import storage_errors
+from gsto_tf.checkpoints import CheckpointError, load_checkpoint
 from gsto_tf.cli.common import (
     UsageError,
     add_allow_nonfinite_argument,
     add_dataset_argument,
     add_fold_batch_norm_argument,
     dataset_spec,
-    parse_size,
 )
 from gsto_tf.data import DatasetError, build_eval_dataset, resolve_data_dir
 from gsto_tf.evaluation import evaluate, test_setting
-from gsto_tf.models import CheckpointError, inference_model, load_checkpoint
+from gsto_tf.images import save_png
+from gsto_tf.models import inference_model
+from gsto_tf.user_input import parse_size
 
 
 def add_arguments(parser):

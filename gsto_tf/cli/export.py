@@ -7,7 +7,6 @@ from gsto_tf.cli.common import (
     add_fold_batch_norm_argument,
     dataset_spec,
     native_info_hidden,
-    parse_size,
 )
 from gsto_tf.data import DatasetError, build_eval_dataset, get_dataset_spec, resolve_data_dir
 from gsto_tf.export import (
@@ -18,8 +17,9 @@ from gsto_tf.export import (
     export_tflite,
     parity_report,
 )
+from gsto_tf.checkpoints import CheckpointError, load_checkpoint
 from gsto_tf.layers.resize import resize_bilinear
-from gsto_tf.models import CheckpointError, load_checkpoint
+from gsto_tf.user_input import parse_size
 
 
 def add_arguments(parser):

@@ -7,9 +7,10 @@ from gsto_tf.cli.common import (
     add_fold_batch_norm_argument,
     dataset_spec,
 )
+from gsto_tf.checkpoints import CheckpointError, load_checkpoint
 from gsto_tf.evaluation.predict import expand_inputs, predict_files
 from gsto_tf.evaluation.settings import test_setting
-from gsto_tf.models import CheckpointError, inference_model, load_checkpoint
+from gsto_tf.models import inference_model
 
 
 def add_arguments(parser):

@@ -4,11 +4,12 @@ import json
 
 import numpy as np
 
+from gsto_tf import visualize
+from gsto_tf.checkpoints import CheckpointError, load_checkpoint
 from gsto_tf.cli.common import UsageError, add_allow_nonfinite_argument, add_dataset_argument, dataset_spec
 from gsto_tf.data import build_eval_dataset, resolve_data_dir
 from gsto_tf.evaluation import Predictor, SegmentationMetrics, test_setting
-from gsto_tf.models import CheckpointError, gate_model, inference_model, load_checkpoint
-from gsto_tf import visualize
+from gsto_tf.models import gate_model, inference_model
 
 KINDS = ("predictions", "gates", "features", "confusion", "curves")
 

@@ -12,7 +12,8 @@ import os
 
 import numpy as np
 
-from gsto_tf.atomic import save_png, write_atomically
+from gsto_tf.atomic import write_atomically
+from gsto_tf.images import save_png
 from gsto_tf.data.layouts import DatasetError
 
 # The 59 kept ids of the 459-label list (background 0 prepended), sorted: the i-th id becomes label i.

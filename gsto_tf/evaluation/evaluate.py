@@ -7,13 +7,13 @@ import time
 
 import numpy as np
 
+from gsto_tf.checkpoints import check_num_classes
 from gsto_tf.data.decode import read_checked
 from gsto_tf.data.registry import get_dataset_spec
 from gsto_tf.evaluation.inference import Predictor
 from gsto_tf.evaluation.instances import InstanceStats, category_indices, instance_label_path, read_instance_ids
 from gsto_tf.evaluation.metrics import SegmentationMetrics, confusion_matrix_np
 from gsto_tf.evaluation.settings import TestSetting
-from gsto_tf.models.checkpoints import check_num_classes
 
 
 def evaluate(model, dataset, spec, *, setting=None, limit=None, progress=True, on_prediction=None):

@@ -5,11 +5,12 @@ import glob
 import os
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from gsto_tf.atomic import save_png, storage_errors
+from gsto_tf.atomic import storage_errors
 from gsto_tf.data.normalization import normalize_image
 from gsto_tf.evaluation.inference import Predictor
+from gsto_tf.images import load_rgb, save_png
+from gsto_tf.visualize.colors import overlay
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -25,32 +26,6 @@ def expand_inputs(spec):
     if not paths:
         raise FileNotFoundError(f"predict: no images match {spec!r} (an image file, a folder or a glob)")
     return paths
-
-
-def colorize(labels, palette, ignore_label=255):
-    """uint8 RGB ``[H, W, 3]`` of a label map: palette colour per train id, black for ignore and unknown ids."""
-    palette = np.asarray(palette, np.uint8)
-    lut = np.zeros((256, 3), np.uint8)
-    lut[: len(palette)] = palette
-    lut[ignore_label] = 0
-    return lut[np.clip(np.asarray(labels, np.int64), 0, 255)]
-
-
-def overlay(image, labels, palette, opacity=0.5, ignore_label=255):
-    """Blend the palette colours of ``labels`` over an RGB uint8 ``image`` (the one overlay: ``predict``, the
-    figures and ``data browse``)."""
-    if not 0.0 <= opacity <= 1.0:
-        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
-    colours = colorize(labels, palette, ignore_label).astype(np.float32)
-    return np.round((1 - opacity) * image.astype(np.float32) + opacity * colours).astype(np.uint8)
-
-
-def load_rgb(path):
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"predict: cannot decode image {path}: {exc}") from None
 
 
 def output_names(paths):

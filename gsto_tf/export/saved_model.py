@@ -31,10 +31,10 @@ import tempfile
 import tensorflow as tf
 
 from gsto_tf.atomic import default_permissions, make_temp_dir, storage_errors
+from gsto_tf.checkpoints import check_finite
 from gsto_tf.data.normalization import normalize_image
 from gsto_tf.layers.resize import resize_bilinear
 from gsto_tf.models import inference_model
-from gsto_tf.models.checkpoints import check_finite
 
 DEFAULT_MAX_PIXELS = 4 * 1024 * 2048
 OUTPUT_STRIDE = 32  # the coarsest branch of HRNet / the dilated ResNets is at most 1/32 of the input

@@ -24,9 +24,9 @@ import numpy as np
 import tensorflow as tf
 
 from gsto_tf.atomic import write_atomically
+from gsto_tf.checkpoints import check_finite
 from gsto_tf.data.normalization import normalize_image
 from gsto_tf.models import inference_model
-from gsto_tf.models.checkpoints import check_finite
 
 QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8")
 

@@ -32,6 +32,7 @@ from gsto_tf.layers.batch_norm import (
     folded_conv_weights,
 )
 from gsto_tf.layers.resize import BilinearResize, resize_bilinear, spatial_size
+from gsto_tf.keras_internals import build_shapes
 from gsto_tf.layers.spatial_gate import GATE_STYLES, SpatialGate
 
 SCALES = ("same", "down", "up")
@@ -99,38 +100,8 @@ class GatedScaleTransfer(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if scale not in SCALES:
-            raise ValueError(f"GatedScaleTransfer: `scale` must be one of {SCALES}, got {scale!r}.")
-        if down_method not in DOWN_METHODS:
-            raise ValueError(f"GatedScaleTransfer: `down_method` must be one of {DOWN_METHODS}, got {down_method!r}.")
-        if gate not in GATES:
-            raise ValueError(f"GatedScaleTransfer: `gate` must be one of {GATES}, got {gate!r}.")
-        if gate_style not in GATE_STYLES:
-            raise ValueError(f"GatedScaleTransfer: `gate_style` must be one of {GATE_STYLES}, got {gate_style!r}.")
-        if filters is not None and (int(filters) != filters or int(filters) <= 0):
-            raise ValueError(f"GatedScaleTransfer: `filters` must be a positive int or None, got {filters!r}.")
-        if scale == "down":
-            factor = 2 if factor is None else factor
-            if int(factor) != factor or factor < 2:
-                raise ValueError(f"GatedScaleTransfer: a down `factor` must be an int >= 2, got {factor!r}.")
-            factor = int(factor)
-            if down_method == "strided_conv" and factor & (factor - 1):
-                raise ValueError("GatedScaleTransfer: down_method='strided_conv' halves the size per step; "
-                                 f"`factor` must be a power of 2, got {factor!r}.")
-            if down_method in ("conv", "strided_conv") and filters is None:
-                raise ValueError(f"GatedScaleTransfer: down_method={down_method!r} is a strided conv; it needs "
-                                 "`filters` (filters=None is the identity transform).")
-        elif scale == "up" and factor is not None and float(factor) <= 0:
-            raise ValueError(f"GatedScaleTransfer: an up `factor` must be > 0, got {factor!r}.")
-        elif scale == "same" and factor not in (None, 1):
-            raise ValueError(f"GatedScaleTransfer: `factor` has no meaning for scale='same', got {factor!r}.")
-        if filters is None and activation is not None:
-            raise ValueError("GatedScaleTransfer: `activation` follows the channel transform; filters=None has none.")
-        if num_classes is not None and int(num_classes) <= 0:
-            raise ValueError(f"GatedScaleTransfer: `num_classes` must be a positive int, got {num_classes!r}.")
-        if (gate_kernel_size != 1 or gate_downsample) and gate != "supervised":
-            raise ValueError("GatedScaleTransfer: `gate_kernel_size` / `gate_downsample` shape a class-map gate; "
-                             f"they need gate='supervised', got gate={gate!r}.")
+        factor = _checked_options(filters, scale, factor, down_method, gate, gate_style, activation, num_classes,
+                                  gate_kernel_size, gate_downsample)
         self.filters = None if filters is None else int(filters)
         self.scale = scale
         self.factor = factor
@@ -140,7 +111,7 @@ class GatedScaleTransfer(keras.layers.Layer):
         self.num_classes = None if num_classes is None else int(num_classes)
         self.use_bn = bool(use_bn) and self.filters is not None
         self.activation = keras.activations.get(activation)
-        self._activation_name = activation
+        self.activation_name = activation  # as given (a name or None), for get_config
         self.sync_batchnorm = bool(sync_batchnorm)
         self.gate_kernel_size = int(gate_kernel_size)
         self.gate_downsample = int(gate_downsample)
@@ -148,27 +119,29 @@ class GatedScaleTransfer(keras.layers.Layer):
         self.transform_key = transform_key
         self.resize_class_scores = bool(resize_class_scores)
         self.gate_batch_norm_folded = bool(gate_batch_norm_folded)
-
         policy = self.dtype_policy
+
+        # 1. The gate g (paper eqs. 3-5), from x or from a class-score map.
         self.gate_layer = None
-        self.class_score_layer = None
         if gate is not None:
             self.gate_layer = SpatialGate(gate_style, sync_batchnorm=sync_batchnorm, kernel_size=gate_kernel_size,
                                           downsample=gate_downsample, batch_norm_folded=gate_batch_norm_folded,
                                           dtype=policy, name="gate")
+        # A supervised gate without given class scores predicts them (eq. 5), returned so a loss can supervise them.
+        self.class_score_layer = None
         if gate == "supervised" and self.num_classes is not None:
-            # Predicts the class-score map P that drives the gate (eq. 5); returned so a loss can supervise it.
             self.class_score_layer = keras.layers.Conv2D(self.num_classes, 1, dtype=policy, name="class_scores")
-        # Resizes given class scores to x's size; a layer (not a raw op) so compute_gate also works symbolically.
-        self.scores_resize = (
-            BilinearResize(dtype=policy, name="scores_resize")
-            if gate == "supervised" and not gate_downsample and self.resize_class_scores
-            else None
-        )
-        # The channel transform: conv k (after ZeroPadding pad k for strided convs), then BN k.
+        # Given class scores are resized to x's size by a layer (not a raw op) so compute_gate works symbolically.
+        self.scores_resize = None
+        if gate == "supervised" and not gate_downsample and self.resize_class_scores:
+            self.scores_resize = BilinearResize(dtype=policy, name="scores_resize")
+
+        # 2. The channel transform: conv k (after ZeroPadding pad k for strided convs), then BN k.
         self._pads, self._convs, self._bns = [], [], []
         if self.filters is not None:
             self._make_transform(policy)
+
+        # 3. The scale change: pooling here; strided convs are the transform; "up" resizes in call().
         self.pool = None
         if scale == "down" and down_method in ("avg_pool", "max_pool"):
             pool_cls = keras.layers.AveragePooling2D if down_method == "avg_pool" else keras.layers.MaxPooling2D
@@ -185,14 +158,6 @@ class GatedScaleTransfer(keras.layers.Layer):
     def transform(self):
         """The (last) conv of the channel transform, or None for ``filters=None``."""
         return self._convs[-1] if self._convs else None
-
-    @property
-    def bn(self):
-        return self._bns[-1] if self._bns else None
-
-    @property
-    def pad(self):
-        return self._pads[-1] if self._pads else None
 
     def _make_transform(self, policy):
         strided = self.scale == "down" and self.down_method in ("conv", "strided_conv")
@@ -289,7 +254,7 @@ class GatedScaleTransfer(keras.layers.Layer):
                 y = bn(y, training=training)
             if k < len(self.steps) - 1:
                 y = keras.ops.relu(y)
-        if self.activation is not None and self._activation_name is not None:
+        if self.activation_name is not None:
             y = self.activation(y)
         if self.pool is not None:
             y = self.pool(y)
@@ -316,7 +281,7 @@ class GatedScaleTransfer(keras.layers.Layer):
         (``use_bn=False``); the ReLUs between strided steps and the activation stay."""
 
         folded = GatedScaleTransfer.from_config({**self.get_config(), "use_bn": False, "gate_batch_norm_folded": True})
-        folded.build(**self._build_shapes_dict)
+        folded.build(**build_shapes(self))
         if self.gate_layer is not None:
             folded.gate_layer.load_folded_weights(self.gate_layer)
         if self.class_score_layer is not None:
@@ -341,7 +306,7 @@ class GatedScaleTransfer(keras.layers.Layer):
                 "gate_style": self.gate_style,
                 "num_classes": self.num_classes,
                 "use_bn": self.use_bn,
-                "activation": self._activation_name,
+                "activation": self.activation_name,
                 "sync_batchnorm": self.sync_batchnorm,
                 "gate_kernel_size": self.gate_kernel_size,
                 "gate_downsample": self.gate_downsample,
@@ -352,6 +317,48 @@ class GatedScaleTransfer(keras.layers.Layer):
             }
         )
         return config
+
+
+def _checked_options(filters, scale, factor, down_method, gate, gate_style, activation, num_classes,
+                     gate_kernel_size, gate_downsample):
+    """Refuse option combinations that have no meaning (naming the argument); returns the effective ``factor``
+    (2 by default for ``scale="down"``)."""
+    def refuse(message):
+        raise ValueError(f"GatedScaleTransfer: {message}")
+
+    if scale not in SCALES:
+        refuse(f"`scale` must be one of {SCALES}, got {scale!r}.")
+    if down_method not in DOWN_METHODS:
+        refuse(f"`down_method` must be one of {DOWN_METHODS}, got {down_method!r}.")
+    if gate not in GATES:
+        refuse(f"`gate` must be one of {GATES}, got {gate!r}.")
+    if gate_style not in GATE_STYLES:
+        refuse(f"`gate_style` must be one of {GATE_STYLES}, got {gate_style!r}.")
+    if filters is not None and (int(filters) != filters or int(filters) <= 0):
+        refuse(f"`filters` must be a positive int or None, got {filters!r}.")
+    if scale == "down":
+        factor = 2 if factor is None else factor
+        if int(factor) != factor or factor < 2:
+            refuse(f"a down `factor` must be an int >= 2, got {factor!r}.")
+        factor = int(factor)
+        if down_method == "strided_conv" and factor & (factor - 1):
+            refuse(f"down_method='strided_conv' halves the size per step; `factor` must be a power of 2, got "
+                   f"{factor!r}.")
+        if down_method in ("conv", "strided_conv") and filters is None:
+            refuse(f"down_method={down_method!r} is a strided conv; it needs `filters` (filters=None is the "
+                   "identity transform).")
+    elif scale == "up" and factor is not None and float(factor) <= 0:
+        refuse(f"an up `factor` must be > 0, got {factor!r}.")
+    elif scale == "same" and factor not in (None, 1):
+        refuse(f"`factor` has no meaning for scale='same', got {factor!r}.")
+    if filters is None and activation is not None:
+        refuse("`activation` follows the channel transform; filters=None has none.")
+    if num_classes is not None and int(num_classes) <= 0:
+        refuse(f"`num_classes` must be a positive int, got {num_classes!r}.")
+    if (gate_kernel_size != 1 or gate_downsample) and gate != "supervised":
+        refuse("`gate_kernel_size` / `gate_downsample` shape a class-map gate; they need gate='supervised', got "
+               f"gate={gate!r}.")
+    return factor
 
 
 def _same_static_size(a, b):

@@ -1,12 +1,8 @@
-"""Segmentation models: HRNetV2, GSTO-HRNet, PPM / ASPP heads. Start with :func:`build`."""
+"""Segmentation models: HRNetV2, GSTO-HRNet, PPM / ASPP heads. Start with :func:`build`.
 
-from gsto_tf.models.checkpoints import (
-    CheckpointError,
-    LoadReport,
-    load_checkpoint,
-    load_torch_weights,
-    read_state_dict,
-)
+Checkpoints (official `.pth`, `.keras`) load with :mod:`gsto_tf.checkpoints`, which builds on this package.
+"""
+
 from gsto_tf.models.context_models import build_context_model
 from gsto_tf.models.factory import available_models, build, inference_model, register_model
 from gsto_tf.models.gates import gate_layer_names, gate_model
@@ -16,9 +12,7 @@ from gsto_tf.models.resnet import build_resnet_backbone
 
 __all__ = [
     "AUX_LOSS_WEIGHTS",
-    "CheckpointError",
     "FINAL_LOGITS",
-    "LoadReport",
     "available_models",
     "build",
     "build_context_model",
@@ -29,8 +23,5 @@ __all__ = [
     "gate_model",
     "hrnet_features",
     "inference_model",
-    "load_checkpoint",
-    "load_torch_weights",
-    "read_state_dict",
     "register_model",
 ]

@@ -2,7 +2,7 @@
 
 Layer naming convention (project-wide): every weight-bearing layer is named exactly like the PyTorch module path
 of its checkpoint key (``layer1.0.conv1``, ``stage2.0.fuse_layers.1.0.0.1``), so one generic loader
-(:mod:`gsto_tf.models.checkpoints`) maps any official state dict onto our models. Weightless helper layers get
+(:mod:`gsto_tf.checkpoints`) maps any official state dict onto our models. Weightless helper layers get
 the name of the conv they belong to plus a suffix (``.pad``, ``.relu``).
 """
 

@@ -27,15 +27,13 @@ with the generic loader; ImageNet trunk checkpoints load into the ``backbone`` s
 ``load_torch_weights(model, path, backbone_only=True)``.
 """
 
-import functools
-
 import keras
 
 from gsto_tf.layers.resize import BilinearResize
 from gsto_tf.layers.spatial_gate import GATE_STYLES
 from gsto_tf.models import outputs as out_names
 from gsto_tf.models.blocks import conv2d
-from gsto_tf.models.factory import register_model
+from gsto_tf.models.factory import register_variant
 from gsto_tf.models.heads import ASPP_RATES_OS8, PPM_BINS, Gating, aspp_head, classifier, fcn_aux_head, ppm_head
 from gsto_tf.models.resnet import RESNET_DEPTHS, build_resnet_backbone
 
@@ -159,11 +157,6 @@ def build_context_model(head, backbone, num_classes, *, variant="", aux=True, ou
     return keras.Model(inputs, outputs, name=name or f"{head}{variant}_{backbone}")
 
 
-def _builder(head, variant, backbone, model_name, num_classes, **options):
-    options.setdefault("name", model_name)
-    return build_context_model(head, backbone, num_classes, variant=variant, **options)
-
-
 def _register_all():
     from gsto_tf.models.hrnet_specs import HRNET_SPECS
 
@@ -172,8 +165,8 @@ def _register_all():
     for backbone in backbones:
         for head in HEADS:
             for variant in VARIANTS:
-                model_name = f"{head}{variant}_{backbone}"
-                register_model(model_name)(functools.partial(_builder, head, variant, backbone, model_name))
+                register_variant(f"{head}{variant}_{backbone}", build_context_model, head=head, backbone=backbone,
+                                 variant=variant)
 
 
 _register_all()

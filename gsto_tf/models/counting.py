@@ -17,6 +17,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from gsto_tf.keras_internals import is_functional, sublayers, walk_layers
 from gsto_tf.layers.adaptive_pooling import AdaptiveAveragePooling2D
 from gsto_tf.layers.gated_scale_transfer import GatedScaleTransfer
 from gsto_tf.layers.resize import BilinearResize
@@ -165,7 +166,7 @@ def _gated_scale_transfer_cost(layer, in_shape, out_shapes):
         m, f = _conv_cost(conv, shape)
         numel = _numel(shape[1:])
         macs, flops = macs + m, flops + f + (2 * numel if bn is not None else 0) + (numel if k < len(steps) - 1 else 0)
-    if steps and layer._activation_name is not None:
+    if steps and layer.activation_name is not None:
         flops += _numel(shape[1:])
     out_shape = out_shapes[0]
     if layer.pool is not None:
@@ -190,7 +191,7 @@ def _layer_costs(layer):
     """(multiply-adds, FLOPs) of one layer of a functional graph (nested functional models are walked)."""
     if isinstance(layer, keras.layers.InputLayer):
         return 0, 0
-    if isinstance(layer, keras.Sequential) or (isinstance(layer, keras.Model) and hasattr(layer, "_operations")):
+    if isinstance(layer, keras.Sequential) or is_functional(layer):
         macs = flops = 0
         for inner in layer.layers:
             m, f = _layer_costs(inner)
@@ -242,12 +243,9 @@ def count_model(model, name=None):
                        executed_macs=macs - _executed_macs_saving(model))
 
 
-def _leaves(layer):
-    children = layer.layers if isinstance(layer, keras.Model) else getattr(layer, "_layers", [])
-    if not children:
-        yield layer
-    for child in children:
-        yield from _leaves(child)
+def _leaves(model):
+    """The layers of ``model`` without sublayers (convs, BNs, ...), nested ones included."""
+    return [layer for layer in walk_layers(model) if not sublayers(layer)]
 
 
 def count_named_model(name, num_classes=19, input_size=(1024, 2048), **options):

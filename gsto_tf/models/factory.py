@@ -1,7 +1,9 @@
 """Model registry: ``build("gsto_hrnet_w48", num_classes=19)``.
 
-Model families register builders with :func:`register_model`; the registry is filled on first use by importing
-the family modules (HRNet here, PPM/ASPP heads in :mod:`gsto_tf.models.context_models`).
+Every model family registers its named variants the same way, at the bottom of its module:
+``register_variant(name, builder, **fixed)`` (HRNet widths in :mod:`gsto_tf.models.hrnet`, head x backbone in
+:mod:`gsto_tf.models.context_models`); :func:`register_model` registers any other callable. The registry is filled
+on first use by importing the family modules.
 """
 
 import contextlib
@@ -12,8 +14,10 @@ import keras
 from gsto_tf.models import outputs as out_names
 
 _REGISTRY = {}
-_FAMILY_MODULES = ("gsto_tf.models.hrnet_registry", "gsto_tf.models.context_models")
+_FAMILY_MODULES = ("gsto_tf.models.hrnet", "gsto_tf.models.context_models")
 _loaded = False
+# Names the synchronized-BN flag has elsewhere (Keras' BatchNormalization argument, a short form); ours is one.
+_OTHER_SYNC_NAMES = {"sync", "synchronized", "sync_bn"}
 
 
 def register_model(name):
@@ -26,6 +30,19 @@ def register_model(name):
         return fn
 
     return decorator
+
+
+def register_variant(name, builder, **fixed):
+    """Register ``name`` as ``builder(num_classes=..., name=name, **fixed, **options)``: one builder function
+    serving many named variants (the ``fixed`` keyword arguments tell them apart; ``name`` is the model's default
+    Keras name)."""
+
+    def build_variant(num_classes, **options):
+        options.setdefault("name", name)
+        return builder(num_classes=num_classes, **fixed, **options)
+
+    build_variant.__name__ = f"build_{name}"
+    return register_model(name)(build_variant)
 
 
 def _load_families():
@@ -54,6 +71,8 @@ def build(name, num_classes, dtype=None, **options):
     _load_families()
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(_REGISTRY))}")
+    for old in _OTHER_SYNC_NAMES.intersection(options):
+        raise ValueError(f"build: the synchronized-BatchNorm option is `sync_batchnorm` (got `{old}`)")
     if dtype is None:
         return _REGISTRY[name](num_classes, **options)
     with _default_dtype(dtype):

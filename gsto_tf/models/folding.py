@@ -33,11 +33,15 @@ The model's inputs, output structure (a dict keeps its keys) and output dtypes (
 import keras
 from keras import tree
 
-from gsto_tf.layers.batch_norm import (  # noqa: F401 (fold_conv_bn_weights re-exported)
-    DEPTHWISE_CONV_TYPES,
-    fold_conv_bn_weights,
-    folded_conv_weights,
+from gsto_tf.keras_internals import (
+    call_count,
+    is_functional,
+    nodes_in_order,
+    pack_like_inputs,
+    pack_like_outputs,
+    producer_node,
 )
+from gsto_tf.layers.batch_norm import DEPTHWISE_CONV_TYPES, folded_conv_weights
 
 _CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
@@ -49,12 +53,12 @@ def fold_batch_norm(model, name=None):
 
     Raises ValueError for a model without a functional graph (a subclassed model).
     """
-    if not _is_functional(model):
+    if not is_functional(model):
         raise ValueError(f"fold_batch_norm: model '{model.name}' has no functional graph (a subclassed model?); "
                          "only functional / Sequential models can be folded")
     plan = _plan(model)
     tensors = {id(x): x for x in model.inputs}
-    for node in _nodes_in_order(model):
+    for node in nodes_in_order(model):
         if any(id(x) not in tensors for x in node.input_tensors):
             continue
         args, kwargs = node.arguments.fill_in(tensors)
@@ -71,8 +75,8 @@ def fold_batch_norm(model, name=None):
             outputs = _copy_call(node.operation, args, kwargs)
         for x, y in zip(node.outputs, tree.flatten(outputs)):
             tensors[id(x)] = y
-    outputs = tree.pack_sequence_as(model._outputs_struct, [tensors[id(x)] for x in model.outputs])
-    inputs = tree.pack_sequence_as(model._inputs_struct, model.inputs)
+    outputs = pack_like_outputs(model, [tensors[id(x)] for x in model.outputs])
+    inputs = pack_like_inputs(model, model.inputs)
     return keras.Model(inputs, outputs, name=name or f"{model.name}_folded")
 
 
@@ -80,7 +84,7 @@ def folded_pairs(model):
     """``[(conv layer name, BN layer name)]`` that :func:`fold_batch_norm` merges at the top level of ``model``."""
     plan = _plan(model)
     return [(node.operation.name, plan.bn_of_conv[key].operation.name)
-            for node in _nodes_in_order(model) for key in [id(node)] if key in plan.bn_of_conv]
+            for node in nodes_in_order(model) for key in [id(node)] if key in plan.bn_of_conv]
 
 
 # -- graph analysis ----------------------------------------------------------------------------------------------
@@ -93,26 +97,8 @@ class _Plan:
         self.names = {}  # id(conv node) -> name of the folded layer, when it must not be the conv's
 
 
-def _is_functional(model):
-    return hasattr(model, "_nodes_by_depth") and hasattr(model, "_outputs_struct") and bool(model.inputs)
-
-
-def _nodes_in_order(model):
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            if node.operation is not None and not node.is_input:
-                yield node
-
-
-def _producer(tensor):
-    history = getattr(tensor, "_keras_history", None)
-    if history is None or history.operation is None:
-        return None
-    return history.operation._inbound_nodes[history.node_index]
-
-
 def _plan(model):
-    nodes = list(_nodes_in_order(model))
+    nodes = list(nodes_in_order(model))
     member = {id(n) for n in nodes}
     consumers = {}
     for node in nodes:
@@ -125,7 +111,7 @@ def _plan(model):
         if not _is_foldable_bn(bn, node):
             continue
         x = node.input_tensors[0]
-        conv_node = _producer(x)
+        conv_node = producer_node(x)
         if conv_node is None or id(conv_node) not in member or id(conv_node) in plan.bn_of_conv:
             continue
         conv = conv_node.operation
@@ -141,7 +127,7 @@ def _plan(model):
 
 
 def _is_foldable_bn(bn, node):
-    if not isinstance(bn, keras.layers.BatchNormalization) or len(bn._inbound_nodes) != 1:
+    if not isinstance(bn, keras.layers.BatchNormalization) or call_count(bn) != 1:
         return False
     if getattr(bn, "renorm", False) or node.arguments.kwargs.get("training") is True:
         return False
@@ -151,7 +137,7 @@ def _is_foldable_bn(bn, node):
 
 
 def _is_foldable_conv(conv, bn):
-    if not isinstance(conv, _CONV_TYPES + DEPTHWISE_CONV_TYPES) or len(conv._inbound_nodes) != 1:
+    if not isinstance(conv, _CONV_TYPES + DEPTHWISE_CONV_TYPES) or call_count(conv) != 1:
         return False
     if conv.activation not in (None, keras.activations.linear):
         return False
@@ -172,7 +158,7 @@ def _new_layer(layer, **changes):
 
 def _copy_call(operation, args, kwargs):
     """Call a copy of ``operation`` (its folded form where it has one) on the rebuilt tensors."""
-    if isinstance(operation, keras.Model) and _is_functional(operation):
+    if isinstance(operation, keras.Model) and is_functional(operation):
         return fold_batch_norm(operation)(*args, **kwargs)
     if callable(getattr(operation, "fold_batch_norm", None)):
         return operation.fold_batch_norm()(*args, **kwargs)

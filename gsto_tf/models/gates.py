@@ -9,15 +9,12 @@ same inputs.
 
 import keras
 
+from gsto_tf.keras_internals import is_functional
 from gsto_tf.layers.gated_scale_transfer import GatedScaleTransfer
 
 
 def _is_gated(layer):
     return isinstance(layer, GatedScaleTransfer) and layer.gate is not None
-
-
-def _is_functional(layer):
-    return isinstance(layer, keras.Model) and hasattr(layer, "_operations")
 
 
 class _GateOf(keras.layers.Layer):
@@ -46,7 +43,7 @@ def gate_layer_names(model):
     for layer in model.layers:
         if _is_gated(layer):
             names.append(layer.name)
-        elif _is_functional(layer):
+        elif is_functional(layer):
             names.extend(gate_layer_names(layer))
     return names
 
@@ -65,7 +62,7 @@ def gate_model(model):
             scores = kwargs.get("class_scores")
             gate_inputs = [args[0]] if scores is None else [args[0], scores]
             gates[layer.name] = _GateOf(layer, name=f"{layer.name}.gate_map")(gate_inputs)
-        if _is_functional(layer) and gate_layer_names(layer):
+        if is_functional(layer) and gate_layer_names(layer):
             gates.update(gate_model(layer)(*args, **kwargs))
         return layer(*args, **kwargs)
 

@@ -3,7 +3,7 @@
 Every conv / BN is named after its official checkpoint key: the trunk's blocks are top-level layers with those
 names, and every scale transfer (fuse paths, new-branch transitions) is one :class:`~gsto_tf.layers.GatedScaleTransfer`
 that declares the keys of its sublayers (``gate_key`` / ``transform_key``). So the generic loader in
-:mod:`gsto_tf.models.checkpoints` loads official HRNet and GSTO-HRNet weights without a mapping table.
+:mod:`gsto_tf.checkpoints` loads official HRNet and GSTO-HRNet weights without a mapping table.
 
 GSTO-HRNet = HRNetV2 plus, as in the released code (``models/gsto_hrnet.py``):
 
@@ -30,7 +30,8 @@ from gsto_tf.layers.upsample_concat_conv import UpsampleConcatConv1x1
 from gsto_tf.models import outputs as out_names
 from gsto_tf.models.blocks import (BOTTLENECK_EXPANSION, basic_block, batch_norm, bottleneck_block, conv2d,
                                    conv_bn, relu)
-from gsto_tf.models.hrnet_specs import get_hrnet_spec
+from gsto_tf.models.factory import register_variant
+from gsto_tf.models.hrnet_specs import HRNET_SPECS, get_hrnet_spec
 
 GSTO_PARTS = ("fusion_gates", "aux_heads", "transition_gates")
 
@@ -217,3 +218,12 @@ def build_hrnet(spec="w18_small_v2", num_classes=19, *, gsto=False, aux=True, ga
     if aux:
         outputs.update(aux_logits)
     return keras.Model(inputs, outputs, name=name)
+
+
+def _register_all():
+    for spec in HRNET_SPECS:
+        for family, gsto in (("hrnetv2", False), ("gsto_hrnet", True)):
+            register_variant(f"{family}_{spec}", build_hrnet, spec=spec, gsto=gsto)
+
+
+_register_all()

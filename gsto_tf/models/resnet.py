@@ -9,7 +9,7 @@ Two stems, named like the checkpoints they load:
 Both are followed by a 3x3 / stride-2 max pool (PyTorch padding 1) and four stages ``layer1..layer4`` of
 Bottlenecks (stride on the 3x3 conv, "pytorch" style; 1x1 conv + BN shortcut ``layer{s}.0.downsample.{0,1}``).
 The key layout is torchvision's and mmseg's, so ImageNet checkpoints of either load with the generic
-:func:`gsto_tf.models.checkpoints.load_torch_weights` (mmseg segmentation checkpoints add ``backbone.``: the
+:func:`gsto_tf.checkpoints.load_torch_weights` (mmseg segmentation checkpoints add ``backbone.``: the
 segmentation models nest this backbone as a sub-model named ``backbone``, which gives exactly that prefix).
 
 Output stride 8 (the PSPNet / DeepLab setting): stages 3 and 4 keep stride 1 and dilate their 3x3 convs by 2 and

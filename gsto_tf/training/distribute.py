@@ -9,7 +9,7 @@ def make_strategy(name="auto"):
     """``auto``: MirroredStrategy when more than one GPU is visible, else the default strategy.
 
     ``multi_worker``: MultiWorkerMirroredStrategy configured from ``TF_CONFIG``; ``model.fit`` works under it
-    thanks to :func:`gsto_tf.training.multi_worker.enable_multi_worker_fit` (keras-team/keras#20585).
+    thanks to :func:`gsto_tf.keras_internals.enable_multi_worker_fit` (keras-team/keras#20585).
     """
     if name not in STRATEGIES:
         raise ValueError(f"--strategy: expected one of {STRATEGIES}, got {name!r}")
@@ -17,7 +17,7 @@ def make_strategy(name="auto"):
         import json
         import os
 
-        from gsto_tf.training.multi_worker import enable_multi_worker_fit
+        from gsto_tf.keras_internals import enable_multi_worker_fit
 
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy multi_worker needs TF_CONFIG (cluster worker addresses and this task's "

@@ -30,10 +30,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from gsto_tf.keras_internals import walk_layers
+
 
 def batch_norm_layers(model):
     """The trainable BatchNormalization layers of ``model``, nested layers and sub-models included."""
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+    return [layer for layer in walk_layers(model)
             if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
 
 

@@ -17,10 +17,11 @@ import keras
 import tensorflow as tf
 
 from gsto_tf.atomic import storage_errors
+from gsto_tf.checkpoints import load_torch_weights
 from gsto_tf.data import build_eval_dataset, build_train_dataset, get_dataset_spec, list_samples, resolve_data_dir
 from gsto_tf.data.decode import reading_data
 from gsto_tf.evaluation import evaluate, test_setting
-from gsto_tf.models import build, inference_model, load_torch_weights
+from gsto_tf.models import build, inference_model
 from gsto_tf.models.outputs import loss_weight
 from gsto_tf.training.callbacks import (
     HistoryLog,

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 
 from gsto_tf.atomic import write_atomically  # noqa: E402
 from gsto_tf.data.normalization import denormalize_image  # noqa: E402
-from gsto_tf.evaluation.predict import colorize, overlay  # noqa: E402
+from gsto_tf.visualize.colors import colorize, overlay  # noqa: E402
 
 
 def _save(fig, path):

@@ -1,14 +1,12 @@
-"""Reading official PyTorch checkpoints and loading any checkpoint into gsto_tf models.
+"""Reading PyTorch checkpoints (``.pth`` zip archives, ``.npz``) into numpy arrays: no torch, no Keras.
 
-* :func:`read_state_dict` reads ``.pth`` files (PyTorch's zip format) **without torch and without executing
-  pickled code**: a restricted unpickler accepts only the handful of names a plain tensor state dict needs
-  (``torch._utils._rebuild_tensor_v2``, ``torch.*Storage``, ``collections.OrderedDict``) and rebuilds tensors as
-  numpy arrays from the archive's raw storages, each checked against its storage before a byte is read. Anything
-  else (e.g. a ``REDUCE`` to ``os.system``) is refused.
-  ``.npz`` files with the same keys work too.
-* :func:`load_torch_weights` maps a state dict onto a model by layer names: every weight-bearing layer of a gsto_tf
-  model is named like its PyTorch module path (see :mod:`gsto_tf.models.blocks`), nested layers joined with '.'.
-* :func:`load_checkpoint` loads ``.keras`` / ``.weights.h5`` / ``.pth`` / ``.npz``.
+:func:`read_state_dict` reads ``.pth`` files (PyTorch's zip format) **without torch and without executing pickled
+code**: a restricted unpickler accepts only the handful of names a plain tensor state dict needs
+(``torch._utils._rebuild_tensor_v2``, ``torch.*Storage``, ``collections.OrderedDict``) and rebuilds tensors as numpy
+arrays from the archive's raw storages, each checked against its storage before a byte is read. Anything else (e.g.
+a ``REDUCE`` to ``os.system``) is refused. Sizes are bounded before anything is allocated: total decompressed size,
+compression ratio per entry, pickle depth, copies of non-contiguous views. ``.npz`` files with the same keys work
+too.
 """
 
 import collections
@@ -20,18 +18,12 @@ import pickle
 import zipfile
 import zlib
 
-import keras
 import numpy as np
 
 from gsto_tf.user_input import shorten
 
 # Keys in released checkpoints that are not part of the network.
 _DROPPED_PREFIXES = ("loss.",)
-# Official GSTO checkpoints hold `att1.*`, which the official forward pass never uses
-# (official ``models/gsto_hrnet.py``).
-_UNUSED_BY_DESIGN = ("att1.",)
-# Layers that an ImageNet backbone checkpoint cannot provide: heads and GSTO's gates.
-_HEAD_MARKERS = ("last_layer", "att2.", "att3.", ".att_layers.", "decode_head.", "auxiliary_head.")
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32,
@@ -57,24 +49,6 @@ _MAX_PICKLE_DEPTH = 64
 
 class CheckpointError(ValueError):
     """A checkpoint file cannot be read or does not fit the model."""
-
-
-def nonfinite_weights(model):
-    """Paths of ``model``'s weights that hold a NaN or an infinity (a diverged run, a damaged file)."""
-    return [w.path for w in model.weights
-            if w.dtype.startswith(("float", "bfloat")) and not np.all(np.isfinite(keras.ops.convert_to_numpy(w)))]
-
-
-def check_finite(model, source, allow_nonfinite=False):
-    """Raise :class:`CheckpointError` when ``model`` has NaN / Inf weights, naming ``source`` and the first of
-    them; a model with such weights predicts one class everywhere and exports without a word otherwise."""
-    if allow_nonfinite:
-        return
-    bad = nonfinite_weights(model)
-    if bad:
-        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-        raise CheckpointError(f"{source}: weights hold NaN or Inf ({bad[0]}{more}; a training run that diverged?); "
-                              "pass --allow-nonfinite (allow_nonfinite=True) to use them anyway")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,7 +314,7 @@ def _read_pth(path):
     return state
 
 
-def _clean(state_dict):
+def clean_state_dict(state_dict):
     """Strip the `model.` wrapper prefix and drop non-network entries (loss weights, BN batch counters)."""
     out = {}
     for key, value in state_dict.items():
@@ -376,298 +350,4 @@ def read_state_dict(path):
             raise CheckpointError(f"{path}: truncated or corrupt zip archive ({exc}).") from None
     else:
         raise CheckpointError(f"{path}: unknown checkpoint extension; expected .pth or .npz.")
-    return _clean(state)
-
-
-@dataclasses.dataclass
-class LoadReport:
-    """What a load did: every model weight and checkpoint key is accounted for."""
-
-    source: str
-    loaded: list = dataclasses.field(default_factory=list)
-    missing: list = dataclasses.field(default_factory=list)  # model weights without a key
-    unexpected: list = dataclasses.field(default_factory=list)  # checkpoint keys the model does not have
-    mismatched: list = dataclasses.field(default_factory=list)  # (key, checkpoint shape, expected shape)
-    ignored: list = dataclasses.field(default_factory=list)  # keys skipped by design (e.g. GSTO's att1)
-    allowed_missing: list = dataclasses.field(default_factory=list)  # head weights absent from a backbone file
-
-    @property
-    def ok(self):
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def summary(self, limit=20):
-        def fmt(items):
-            shown = ", ".join(str(i) for i in items[:limit])
-            return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-        lines = [f"{self.source}: loaded {len(self.loaded)} tensors"]
-        for label, items in (
-            ("missing in checkpoint", self.missing),
-            ("unexpected in checkpoint", self.unexpected),
-            ("shape mismatch (key, checkpoint shape, expected shape)", self.mismatched),
-            ("ignored by design", self.ignored),
-            ("not in a backbone checkpoint (left initialised)", self.allowed_missing),
-        ):
-            if items:
-                lines.append(f"  {label} [{len(items)}]: {fmt(items)}")
-        return "\n".join(lines)
-
-
-def _weight_layers(layer, prefix="", path=None):
-    """Yield (torch module path, leaf layer) for every weight-bearing leaf layer.
-
-    A layer's path is its parent's path (``prefix``) plus its name, unless ``path`` places it; a composite layer with
-    a ``checkpoint_sublayers()`` method (e.g. :class:`~gsto_tf.layers.GatedScaleTransfer`) places its sublayers
-    itself, at keys relative to its parent.
-    """
-    if path is None:
-        path = f"{prefix}.{layer.name}" if prefix else layer.name
-    if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense, keras.layers.BatchNormalization)):
-        yield path, layer
-        return
-    if hasattr(layer, "checkpoint_sublayers"):
-        for key, sublayer in layer.checkpoint_sublayers().items():
-            yield from _weight_layers(sublayer, path=f"{prefix}.{key}" if prefix else key)
-        return
-    children = layer.layers if isinstance(layer, keras.Model) else getattr(layer, "_layers", [])
-    for child in children:
-        yield from _weight_layers(child, path)
-
-
-def torch_parameters(layer):
-    """``[(torch suffix, keras variable, to_keras(array))]`` for one leaf layer."""
-    if isinstance(layer, keras.layers.BatchNormalization):
-        pairs = [("weight", layer.gamma), ("bias", layer.beta), ("running_mean", layer.moving_mean),
-                 ("running_var", layer.moving_variance)]
-        return [(k, v, lambda a: a) for k, v in pairs if v is not None]
-    if isinstance(layer, keras.layers.Dense):
-        kernel = (layer.kernel, lambda a: a.T)
-    else:  # Conv2D: torch [O, I, kh, kw] -> keras [kh, kw, I, O]
-        kernel = (layer.kernel, lambda a: np.transpose(a, (2, 3, 1, 0)))
-    params = [("weight", kernel[0], kernel[1])]
-    if getattr(layer, "use_bias", False):
-        params.append(("bias", layer.bias, lambda a: a))
-    return params
-
-
-def model_torch_keys(model):
-    """The torch state-dict keys a model expects, with their Keras variables (in model order)."""
-    keys = {}
-    for path, layer in _model_weight_layers(model):
-        for suffix, variable, convert in torch_parameters(layer):
-            keys[f"{path}.{suffix}"] = (variable, convert)
-    return keys
-
-
-def _model_weight_layers(model):
-    for layer in model.layers:
-        yield from _weight_layers(layer)
-
-
-def load_torch_weights(model, state_dict_or_path, strict=False, backbone_only=False, source=None):
-    """Assign an official (PyTorch-layout) state dict to ``model`` by layer names.
-
-    Args:
-        state_dict_or_path: a dict of arrays (keys as in the checkpoint) or a ``.pth`` / ``.npz`` path.
-        strict: raise :class:`CheckpointError` on any missing, unexpected or shape-mismatched key.
-        backbone_only: the file is an ImageNet backbone checkpoint: head / gate weights may be missing and the
-            file's classification-head keys are ignored.
-        source: name of the checkpoint in the report and errors (default: the path, or "<state dict>").
-
-    Returns a :class:`LoadReport`.
-    """
-    if isinstance(state_dict_or_path, (str, os.PathLike)):
-        state = read_state_dict(state_dict_or_path)
-        source = source or os.fspath(state_dict_or_path)
-    else:
-        source = source or "<state dict>"
-        state = _clean(state_dict_or_path)
-    if backbone_only and not any(k.startswith("backbone.") for k in state):
-        # A bare trunk checkpoint (torchvision / mmseg ImageNet ResNet, HRNet ImageNet) for a model whose trunk
-        # is a nested sub-model named `backbone` (the PPM / ASPP models): load into that sub-model.
-        nested = [l for l in model.layers if isinstance(l, keras.Model) and l.name == "backbone"]
-        if nested:
-            model = nested[0]
-    report = LoadReport(source=source)
-    expected = model_torch_keys(model)
-    assignments = []
-    for key in sorted(set(state) - set(expected)):
-        if key.startswith(_UNUSED_BY_DESIGN) or backbone_only:
-            report.ignored.append(key)
-        else:
-            report.unexpected.append(key)
-    for key, (variable, convert) in expected.items():
-        if key not in state:
-            if backbone_only and any(m in key for m in _HEAD_MARKERS):
-                report.allowed_missing.append(key)
-            else:
-                report.missing.append(key)
-            continue
-        value = np.asarray(state[key])
-        if not np.issubdtype(value.dtype, np.floating):
-            value = value.astype(np.float64)
-        # The stored precision is kept until the one cast to the variable's dtype below: float64 into a float64
-        # model is exact, float32 into float32 unchanged.
-        expected_shape = _torch_shape(variable.shape, value.ndim)
-        if tuple(value.shape) != expected_shape:
-            report.mismatched.append((key, tuple(value.shape), expected_shape))
-            continue
-        assignments.append((variable, convert(value)))
-        report.loaded.append(key)
-    if strict and not report.ok:
-        # Checked before assigning anything: a failed strict load leaves the model untouched.
-        raise CheckpointError(
-            f"checkpoint does not match model '{model.name}' (strict load; nothing was assigned):\n"
-            + report.summary()
-        )
-    for variable, value in assignments:
-        variable.assign(value.astype(variable.dtype))
-    return report
-
-
-def torch_state_dict(model, include=None):
-    """The model's weights as an official-layout state dict ``{key: array}`` (conv kernels ``[O, I, kh, kw]``),
-    the inverse of :func:`load_torch_weights`. ``include(key) -> bool`` keeps a subset (e.g. a trunk without
-    its head); save it with ``numpy.savez`` and load it back with ``load_torch_weights`` / ``model.pretrained``."""
-    state = {}
-    for key, (variable, _) in model_torch_keys(model).items():
-        if include is not None and not include(key):
-            continue
-        value = np.asarray(variable.numpy())
-        if value.ndim == 4:  # keras [kh, kw, I, O] -> torch [O, I, kh, kw]
-            value = np.transpose(value, (3, 2, 0, 1))
-        elif value.ndim == 2:  # Dense [I, O] -> torch Linear [O, I]
-            value = value.T
-        state[key] = np.ascontiguousarray(value)
-    return state
-
-
-def is_head_key(key):
-    """True for the keys an ImageNet trunk checkpoint does not provide (heads, GSTO's gates)."""
-    return any(m in key for m in _HEAD_MARKERS)
-
-
-def _torch_shape(keras_shape, ndim):
-    """The PyTorch-layout shape a checkpoint tensor must have for a Keras variable (conv: [O, I, kh, kw])."""
-    shape = tuple(int(d) for d in keras_shape)
-    if len(shape) == 4:
-        return (shape[3], shape[2], shape[0], shape[1])
-    if len(shape) == 2:
-        return (shape[1], shape[0])
-    return shape
-
-
-def _infer_num_classes(state):
-    for key in ("last_layer.3.bias", "decode_head.conv_seg.bias", "classifier.bias"):
-        if key in state:
-            return int(state[key].shape[0])
-    return None
-
-
-def build_options_from_state(name, state):
-    """Build options that a checkpoint fixes for model ``name``.
-
-    mmseg's ASPPHead ends in a 3x3 bottleneck ConvModule where DeepLabV3 has a 1x1 one: for ``deeplabv3*``
-    models the kernel is read from ``decode_head.bottleneck.conv.weight`` ([O, I, kh, kw]).
-    """
-    options = {}
-    weight = state.get("decode_head.bottleneck.conv.weight")
-    if name.startswith("deeplabv3") and weight is not None and np.ndim(weight) == 4:
-        options["aspp_bottleneck_kernel"] = int(np.shape(weight)[-1])
-    return options
-
-
-def model_num_classes(model):
-    """The number of classes of a model's final logits, or None for a model without a symbolic output."""
-    from gsto_tf.models.factory import inference_model
-
-    try:
-        return int(inference_model(model, fold_batch_norm=False).output.shape[-1])
-    except (AttributeError, ValueError, TypeError):  # a subclassed model that was never called symbolically
-        return None
-
-
-def check_num_classes(model, num_classes, source, classes_of=None):
-    """:class:`CheckpointError` when ``model`` predicts another number of classes than ``num_classes``.
-
-    ``classes_of`` says where ``num_classes`` comes from (e.g. "dataset 'cityscapes'"): a 19-class checkpoint
-    evaluated on an 8-class dataset would otherwise report a meaningless score.
-    """
-    _check_class_count(model_num_classes(model), num_classes, source, classes_of)
-
-
-def _check_class_count(found, num_classes, source, classes_of):
-    if num_classes is not None and found is not None and found != num_classes:
-        where = f"{classes_of} has {num_classes}" if classes_of else f"{num_classes} were asked for"
-        raise CheckpointError(f"{source}: the checkpoint predicts {found} classes, but {where}; use the dataset "
-                              "(or --num-classes) the checkpoint was trained for")
-
-
-def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, backbone_only=False,
-                    classes_of=None, allow_nonfinite=False, **build_options):
-    """Load any gsto_tf checkpoint; returns ``(model, report)`` (report is None for Keras formats).
-
-    ``num_classes``, when given, is also checked: a checkpoint that predicts another number of classes raises
-    :class:`CheckpointError` naming both numbers (``classes_of`` names their source in the message, e.g.
-    ``"dataset 'lip'"``).
-
-    * ``.keras``: a full saved model (``model`` / ``name`` not needed);
-    * ``.weights.h5``: Keras weights into ``model`` or into ``build(name, num_classes, **build_options)``;
-    * ``.pth`` / ``.npz``: an official PyTorch state dict, converted on the fly into ``model`` or
-      ``build(name, num_classes)`` (``num_classes`` is read from the head when not given, and so is what
-      :func:`build_options_from_state` finds, e.g. the 3x3 ASPP bottleneck of an mmseg DeepLabV3). With
-      ``backbone_only=True`` the file is an ImageNet backbone checkpoint: its classifier keys are ignored and the
-      head / gate weights stay initialised (listed in the report, not errors even when ``strict``).
-
-    Weights that hold NaN or Inf raise :class:`CheckpointError` unless ``allow_nonfinite``.
-    """
-    model, report = _load_checkpoint(path, model, name, num_classes, strict, backbone_only, classes_of,
-                                     build_options)
-    check_finite(model, os.fspath(path), allow_nonfinite)
-    return model, report
-
-
-def _load_checkpoint(path, model, name, num_classes, strict, backbone_only, classes_of, build_options):
-    from gsto_tf.models.factory import available_models, build
-
-    # Importing every model family registers its custom layers, which deserialising a .keras file needs.
-    available_models()
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.endswith(".keras"):
-        if not zipfile.is_zipfile(path):
-            raise CheckpointError(f"{path}: not a Keras archive (a .keras file is a zip archive; this one is damaged "
-                                  "or another kind of file)")
-        try:
-            # compile=False: a training checkpoint stores its optimizer (TorchSGD) and losses, which loading for
-            # inference needs neither to import nor to rebuild; recompile to train further.
-            loaded = keras.saving.load_model(path, compile=False)
-        except Exception as exc:  # keras raises many types for a corrupt archive
-            raise CheckpointError(f"{path}: cannot load Keras model ({type(exc).__name__}: {exc}).") from None
-        check_num_classes(loaded, num_classes, path, classes_of)
-        return loaded, None
-    if path.endswith(".weights.h5"):
-        if model is None:
-            if name is None or num_classes is None:
-                raise CheckpointError(f"{path}: a .weights.h5 file needs `model`, or `name` and `num_classes`.")
-            model = build(name, num_classes, **build_options)
-        try:
-            model.load_weights(path)
-        except Exception as exc:
-            raise CheckpointError(f"{path}: weights do not fit model '{model.name}' ({exc}).") from None
-        return model, None
-    if path.endswith((".pth", ".pt", ".npz", ".pth.tar", ".bin")):
-        state = read_state_dict(path)
-        if model is None:
-            if name is None:
-                raise CheckpointError(f"{path}: an official checkpoint needs `model` or a model `name`.")
-            in_file = None if backbone_only else _infer_num_classes(state)
-            _check_class_count(in_file, num_classes, path, classes_of)
-            num_classes = num_classes or in_file
-            if num_classes is None:
-                raise CheckpointError(f"{path}: cannot infer the number of classes; pass `num_classes`.")
-            model = build(name, num_classes, **{**build_options_from_state(name, state), **build_options})
-        report = load_torch_weights(model, state, strict=strict, backbone_only=backbone_only, source=path)
-        return model, report
-    raise CheckpointError(f"{path}: unknown checkpoint format; expected .keras, .weights.h5, .pth or .npz.")
+    return clean_state_dict(state)
