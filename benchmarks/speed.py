@@ -30,6 +30,7 @@ overhead is gone.
 """
 
 import argparse
+import functools
 import os
 import random
 import statistics
@@ -78,10 +79,10 @@ def matmul_peak_gflops(n=2048, repeats=5, dtype=tf.float32):
     return 2 * n**3 / min(times) / 1e9
 
 
-def backprop_step(model, x):
+def backprop_step(model, x, jit_compile=False):
     """A tf.function running the training forward + backward of the network alone: no loss, no update."""
 
-    @tf.function
+    @functools.partial(tf.function, jit_compile=jit_compile)
     def step():
         with tf.GradientTape() as tape:
             out = model(x, training=True)
@@ -92,10 +93,11 @@ def backprop_step(model, x):
     return step
 
 
-def step_functions(name, size, num_classes=19, dtype=None, kinds=("infer", "infer_unfolded", "backprop", "train")):
+def step_functions(name, size, num_classes=19, dtype=None, kinds=("infer", "infer_unfolded", "backprop", "train"),
+                   jit_compile=False):
     """({kind: tf.function on a random batch-1 input}, executed multiply-adds) of ``name`` under the Keras dtype
     policy ``dtype`` (default: the global one). Kinds: ``infer`` (BN folded), ``infer_unfolded``, ``backprop``,
-    ``train``."""
+    ``train``. ``jit_compile``: compile every step function with XLA."""
     model = build(name, num_classes, dtype=dtype, input_shape=(*size, 3))
     loss_fn = SegmentationLoss(num_classes)
     opt = keras.optimizers.SGD(0.001)
@@ -104,9 +106,10 @@ def step_functions(name, size, num_classes=19, dtype=None, kinds=("infer", "infe
 
     def infer_step(fold):
         infer = inference_model(model, fold_batch_norm=fold)
-        return tf.function(lambda: tf.reduce_sum(tf.cast(infer(x, training=False), tf.float32)))
+        return tf.function(lambda: tf.reduce_sum(tf.cast(infer(x, training=False), tf.float32)),
+                           jit_compile=jit_compile)
 
-    @tf.function
+    @functools.partial(tf.function, jit_compile=jit_compile)
     def train_step():
         with tf.GradientTape() as tape:
             out = model(x, training=True)
@@ -116,7 +119,7 @@ def step_functions(name, size, num_classes=19, dtype=None, kinds=("infer", "infe
         return loss
 
     makers = {"infer": lambda: infer_step(True), "infer_unfolded": lambda: infer_step(False),
-              "backprop": lambda: backprop_step(model, x), "train": lambda: train_step}
+              "backprop": lambda: backprop_step(model, x, jit_compile), "train": lambda: train_step}
     macs = count_model(model).executed_macs
     return {kind: makers[kind]() for kind in kinds}, macs
 
