@@ -125,3 +125,19 @@ def test_main_job_model_int8_and_fp16_agreement(tmp_path):
     assert int8_report.argmax_agreement >= 0.97, str(int8_report)
     assert fp16_report.argmax_agreement >= 0.995, str(fp16_report)
     assert fp32_report.relative_max_diff <= 1e-4, str(fp32_report)
+
+
+def test_parity_report_std_does_not_overflow_on_huge_logits():
+    """A barely trained model can put out logits whose float32 square overflows; the report's std stays exact."""
+    import warnings
+
+    inputs = keras.Input((4, 4, 3))
+    outputs = keras.layers.Conv2D(2, 1, kernel_initializer=keras.initializers.Constant(1e20), use_bias=False)(inputs)
+    model = keras.Model(inputs, outputs)
+    images = [np.random.default_rng(0).normal(size=(4, 4, 3)).astype(np.float32)]
+    refs = np.asarray(model(images[0][None]), np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = parity_report(model, lambda image: np.asarray(model(image[None])), images)
+    assert report.logits_std == pytest.approx(float(np.std(refs)), rel=1e-6)
+    assert report.max_abs_diff == 0.0

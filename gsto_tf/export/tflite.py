@@ -208,5 +208,6 @@ def parity_report(model, runner, images, quantize="none"):
         refs.append(ref)
         agree += int(np.sum(ref.argmax(-1) == got.argmax(-1)))
         total += ref[..., 0].size
-    std = float(np.std(np.concatenate([r.ravel() for r in refs])))
+    # float64: the logits of a barely trained model can exceed sqrt(float32 max), and their square overflows.
+    std = float(np.std(np.concatenate([r.ravel() for r in refs]), dtype=np.float64))
     return ParityReport(quantize, len(refs), float(max(diffs)), std, agree / total)
