@@ -133,15 +133,19 @@ def write_atomically(path, write):
 
 def save_model_atomically(model, path, weights_beside=False):
     """``model.save(path)`` (a ``.keras`` file) through a temp file in the same folder + rename, so a reader never
-    sees half a file. ``weights_beside``: also ``model.save_weights`` to the same path with ``.weights.h5``,
-    written first. Returns the written paths: ``(path,)`` or ``(path, weights_path)``."""
+    sees half a file. ``weights_beside``: also the weights alone, as ``model.save_weights`` would write them, to
+    the same path with ``.weights.h5``. Returns the written paths: ``(path,)`` or ``(path, weights_path)``."""
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise ValueError(f"save_model_atomically: expected a path ending in .keras, got {path!r}")
-    written = (path,)
-    if weights_beside:
-        weights_path = path[: -len(".keras")] + ".weights.h5"
-        write_atomically(weights_path, model.save_weights)
-        written += (weights_path,)
     write_atomically(path, model.save)
-    return written
+    if not weights_beside:
+        return (path,)
+    from gsto_tf.keras_internals import copy_archive_weights  # TensorFlow only for the writers that need it
+
+    # Copied out of the .keras file rather than written by model.save_weights: when the HDF5 library's own writes
+    # hit a full disk, freeing the half-written file's objects crashes the interpreter (SIGSEGV).
+    weights_path = path[: -len(".keras")] + ".weights.h5"
+    write_atomically(weights_path, lambda tmp: copy_archive_weights(path, tmp))
+    return path, weights_path
+

@@ -19,9 +19,15 @@ no other module of gsto_tf reads an underscore attribute of a Keras object. The 
 ``MultiWorkerMirroredStrategy.extended._in_multi_worker_mode()``: see :func:`enable_multi_worker_fit`.
 ==================================  ===================================================================
 
+One fact of the ``.keras`` file format is used too: the archive's ``model.weights.h5`` member is a ``.weights.h5``
+file (:data:`ARCHIVE_WEIGHTS`, :func:`copy_archive_weights`).
+
 Checked on Keras ``CHECKED_KERAS`` (the pin in requirements.txt / setup.cfg follows it);
 ``tests/test_keras_internals.py`` fails with the name of the attribute when an upgrade removes or changes one.
 """
+
+import shutil
+import zipfile
 
 import keras
 import tensorflow as tf
@@ -169,3 +175,16 @@ def enable_multi_worker_fit():
     tf_trainer.reduce_per_replica = reduce_per_replica
     tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
     _MULTI_WORKER_PATCHED = True
+
+
+# -- the .keras archive -------------------------------------------------------------------------------------------
+
+ARCHIVE_WEIGHTS = "model.weights.h5"  # keras/src/saving/saving_lib.py: _VARS_FNAME_H5
+
+
+def copy_archive_weights(keras_path, weights_path):
+    """Write the weights member of the ``.keras`` file ``keras_path`` to ``weights_path``: a ``.weights.h5`` file
+    equal to what ``model.save_weights`` writes, copied with plain file I/O (no HDF5 library writing to disk)."""
+    with zipfile.ZipFile(keras_path) as archive, archive.open(ARCHIVE_WEIGHTS) as src, \
+            open(weights_path, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)

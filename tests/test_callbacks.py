@@ -1,4 +1,5 @@
 import contextlib
+import io
 import os
 
 import keras
@@ -6,7 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gsto_tf.training.callbacks import LatestAndBestCheckpoint, NaNGuard, ResumeState, save_model_atomically
+from gsto_tf.training.callbacks import (
+    LatestAndBestCheckpoint,
+    NaNGuard,
+    ProgressLog,
+    ResumeState,
+    save_model_atomically,
+)
 
 
 def _tiny_model():
@@ -107,3 +114,39 @@ def test_backup_of_the_old_format_is_refused_with_a_way_out(tmp_path):
                                max_to_keep=2).save()
     with pytest.raises(ValueError, match="older gsto_tf.*delete the backup folder"):
         ResumeState(str(tmp_path / "backup"), model, optimizer).restore()
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_progress_eta_leaves_out_the_traced_first_step():
+    clock, out = _Clock(), io.StringIO()
+    progress = ProgressLog(total_steps=100, steps_per_chunk=10, initial_chunk=2, stream=out, clock=clock)
+    progress.on_train_begin()
+    progress.on_epoch_begin(2)
+    clock.now = 40.0  # step 21, the first of this (resumed) process: 40 s of it is tracing
+    progress.on_train_batch_end(0, {"loss": 1.5})
+    first = progress.line(21, {"loss": 1.5})
+    assert "ETA" not in first.split(";")[0] and "first step 40 s" in first and first.startswith("step 21/100")
+    for batch in range(1, 10):  # 0.5 s per step from then on
+        clock.now += 0.5
+        progress.on_train_batch_end(batch, {"loss": 1.0})
+    progress.on_epoch_end(2, {"loss": 1.0, "lr": 0.01, "val_miou": 12.5})
+    line = out.getvalue().splitlines()[-1]  # not a terminal: one line per chunk, nothing in between
+    assert len(out.getvalue().splitlines()) == 1
+    assert line.startswith("step 30/100  loss 1  lr 0.01  val_miou 12.5  0.5 s/step  ETA 0:35"), line
+
+
+def test_progress_lines_of_a_real_fit_one_per_chunk():
+    out = io.StringIO()
+    ds = tf.data.Dataset.from_tensor_slices((np.ones((6, 4, 4, 1), np.float32),) * 2).batch(1).repeat()
+    _tiny_model().fit(ds, epochs=3, steps_per_epoch=2, verbose=0, shuffle=False,
+                       callbacks=[ProgressLog(6, 2, stream=out)])
+    lines = out.getvalue().splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["step 2/6", "step 4/6", "step 6/6"]
+    assert "ETA" in lines[1] and "ETA" not in lines[2] and "s/step" in lines[2]

@@ -138,7 +138,10 @@ def test_convert_cli_writes_keras_model(small_model, tmp_path):
     out = tmp_path / "converted.keras"
     assert main(["convert", str(src), "--model", "hrnetv2_w18_small_v1", "--output", str(out)]) == 0
     model = keras.saving.load_model(out)
-    assert (tmp_path / "converted.weights.h5").exists()
+    same = build("hrnetv2_w18_small_v1", 5)  # the weights file alone loads into a freshly built model
+    same.load_weights(tmp_path / "converted.weights.h5")
+    for a, b in zip(model.weights, same.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     np.testing.assert_array_equal(model.get_layer("conv1").kernel.numpy(),
                                   np.load(src)["model.conv1.weight"].transpose(2, 3, 1, 0))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind

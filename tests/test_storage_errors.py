@@ -1,9 +1,12 @@
 """Every command family ends an unwritable destination in one line and exit 2: a path through a file (ENOTDIR, the
 case a root user meets too; read-only folders cannot be made for root) and the StorageError sentences. Full disks:
-tests/test_run_dir.py."""
+here for `convert`, in tests/test_run_dir.py for training."""
 
 import errno
 import os
+import resource
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -66,6 +69,27 @@ def test_convert_destination_under_a_file(tmp_path, capsys):
                "--output", str(tmp_path / "a_file" / "m.keras")])
     err = capsys.readouterr().err
     assert rc == 2 and "a part of the path is a file" in err and "Traceback" not in err, err
+
+
+def test_convert_on_a_full_disk_is_one_line_and_no_crash(tmp_path):
+    # A file-size limit below the checkpoint's size fails the writes with EFBIG, as a full disk fails them with
+    # ENOSPC. When HDF5 wrote the weights file itself, freeing the half-written file crashed Python (SIGSEGV).
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    fixture = os.path.join(repo, "tests", "fixtures", "hrnetv2_w18s1_c19.pth")
+    out = tmp_path / "out" / "m.keras"
+    limit = 1_000_000
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run([sys.executable, "-m", "gsto_tf", "convert", fixture, "--model", "hrnetv2_w18_small_v1",
+                           "--num-classes", "19", "--output", str(out)], capture_output=True, text=True,
+                          timeout=300, preexec_fn=limit_file_size,
+                          env=dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"convert: cannot write {out}: File too large"), lines
+    assert os.listdir(out.parent) == []  # no temp file left behind
 
 
 @pytest.mark.parametrize("code, words", [

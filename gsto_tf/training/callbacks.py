@@ -13,6 +13,8 @@ import io
 import math
 import os
 import shutil
+import sys
+import time
 
 import keras
 import tensorflow as tf
@@ -168,6 +170,71 @@ class NaNGuard(keras.callbacks.Callback):
             print(f"\nloss is {float(loss)} at step {self.failed_step}: stopping the run (lower the learning "
                   "rate, check the data, or use float32).")
             self.model.stop_training = True
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """Progress of the whole run: one line per chunk, and a line updated in place after every step on a terminal.
+
+    The rate is measured from the end of this process's first step, because that step also traces the training
+    graph (tens of seconds, paid again by every resume): timed with it, the ETA after step 1 read as minutes or
+    hours. Until a second step has ended there is no ETA, and the line says why. ``clock`` is for tests.
+    """
+
+    def __init__(self, total_steps, steps_per_chunk, initial_chunk=0, stream=None, clock=time.monotonic):
+        super().__init__()
+        self.total_steps = int(total_steps)
+        self.steps_per_chunk = int(steps_per_chunk)
+        self.epoch = int(initial_chunk)
+        self.stream = stream if stream is not None else sys.stdout
+        self.clock = clock
+        self._start = self._first_end = self._first_step = None
+
+    def on_train_begin(self, logs=None):
+        self._start = self.clock()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.epoch * self.steps_per_chunk + batch + 1
+        if self._first_end is None:
+            self._first_end, self._first_step = self.clock(), step
+        if getattr(self.stream, "isatty", lambda: False)():
+            self.stream.write("\r" + self.line(step, logs) + "\033[K")
+            self.stream.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = (epoch + 1) * self.steps_per_chunk
+        end = "\033[K\n" if getattr(self.stream, "isatty", lambda: False)() else "\n"
+        self.stream.write(("\r" if end != "\n" else "") + self.line(step, logs) + end)
+        self.stream.flush()
+
+    def seconds_per_step(self, step):
+        """Mean time of the steps after this process's first one; None before a second step has ended."""
+        if self._first_end is None or step <= self._first_step:
+            return None
+        return (self.clock() - self._first_end) / (step - self._first_step)
+
+    def line(self, step, logs=None):
+        parts = [f"step {step}/{self.total_steps}"]
+        for key, value in (logs or {}).items():
+            if isinstance(value, (int, float)) or hasattr(value, "__float__"):
+                parts.append(f"{key} {float(value):.4g}")
+        rate = self.seconds_per_step(step)
+        if rate is None:
+            first = self._first_end - self._start if self._first_end is not None and self._start is not None else 0
+            parts.append(f"first step {first:.0f} s (it traces the training graph); ETA from the next step")
+        else:
+            parts.append(f"{rate:.3g} s/step")
+            if step < self.total_steps:
+                parts.append(f"ETA {_duration(rate * (self.total_steps - step))}")
+        return "  ".join(parts)
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 class LearningRateLogger(keras.callbacks.Callback):

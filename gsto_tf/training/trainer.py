@@ -28,6 +28,7 @@ from gsto_tf.training.callbacks import (
     LatestAndBestCheckpoint,
     LearningRateLogger,
     NaNGuard,
+    ProgressLog,
     ResumeCallback,
     ResumeState,
     keep_if_best,
@@ -114,13 +115,17 @@ def _total_steps(config, num_samples):
     raise ValueError("set train.steps or train.epochs")
 
 
-def _callbacks(run_dir, state, nan_guard, run_eval, config, chunk, initial_chunk, eval_context=None):
+def _callbacks(run_dir, state, nan_guard, run_eval, config, plan, initial_chunk, eval_context=None, verbose=1):
     # Order matters: the chunk-end callbacks write their files first; ResumeCallback, last, commits the chunk.
+    # The learning rate and val_miou are in the logs before the progress line and the history row read them.
+    chunk = plan.chunk
+    progress = [ProgressLog(plan.total_steps, chunk, initial_chunk)] if verbose else []
     return [
         nan_guard,
         LearningRateLogger(),
         LatestAndBestCheckpoint(os.path.join(run_dir, "checkpoints"), state, run_eval, config.train.eval_every,
                                 os.path.join(run_dir, "logs"), eval_context=eval_context),
+        *progress,
         HistoryLog(os.path.join(run_dir, "history.csv"), chunk, initial_chunk),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), update_freq="epoch", write_graph=False),
         ResumeCallback(state),
@@ -279,13 +284,12 @@ def _train(config, run_dir, plan, model, start, evaluate_at_end, verbose):
     if initial_chunk < num_chunks:
         names = list(model.output)
         ds = _train_batches(config, plan, initial_chunk * chunk).map(lambda x, y: (x, {n: y for n in names}))
-        callbacks = _callbacks(run_dir, state, nan_guard, run_eval, config, chunk, initial_chunk, eval_context)
-        if verbose:  # Keras' progress bar times step 1 with the tracing; from step 2 on it leaves step 1 out
-            print("the first step traces the training graph, so the ETA shown after it is too high; it is right "
-                  "from the second step")
+        # ProgressLog replaces Keras' progress bar, whose ETA after step 1 counted the graph tracing.
+        callbacks = _callbacks(run_dir, state, nan_guard, run_eval, config, plan, initial_chunk, eval_context,
+                               verbose)
         with reading_data():  # a bad file: one line naming it, not a graph-execution error
             history = model.fit(ds, epochs=num_chunks, steps_per_epoch=chunk, initial_epoch=initial_chunk,
-                                shuffle=False, callbacks=callbacks, verbose=verbose)
+                                shuffle=False, callbacks=callbacks, verbose=0)
     final_loss = float(history.history["loss"][-1]) if history and history.history.get("loss") else float("nan")
     if nan_guard.failed_step is not None:
         return TrainResult(run_dir, nan_guard.failed_step, final_loss, None, time.time() - start,
