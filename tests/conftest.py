@@ -17,6 +17,12 @@ FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 EXTRA_FIXTURES_DIR = os.environ.get("GSTO_TF_FIXTURES") or None
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (the default options): one test process per core, at most 4 (each holds TensorFlow and its
+    models, a few GB)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_reset_policy():
     keras.utils.set_random_seed(1234)
