@@ -56,12 +56,19 @@ POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 FAMILIES = ("hrnetv2", "gsto_hrnet")
 
 
-def cpu_bf16():
-    """The bf16 matrix instructions this CPU reports (``amx_bf16``, ``avx512_bf16``) or ``none``."""
+def cpu_flags():
+    """The flags /proc/cpuinfo reports for this CPU; None where it cannot be read."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = set(next((line for line in f if line.startswith("flags")), "").split())
+            return set(next((line for line in f if line.startswith("flags")), "").split())
     except OSError:
+        return None
+
+
+def cpu_bf16():
+    """The bf16 matrix instructions this CPU reports (``amx_bf16``, ``avx512_bf16``) or ``none``."""
+    flags = cpu_flags()
+    if flags is None:
         return "unknown"
     return next((flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags), "none")
 

@@ -36,18 +36,16 @@ import tensorflow as tf  # noqa: E402
 from gsto_tf.tables import print_and_write  # noqa: E402
 from gsto_tf.user_input import parse_size  # noqa: E402
 from profile_gsto import op_times  # noqa: E402  (benchmarks/ is sys.path[0])
-from speed import _run, step_functions, time_interleaved  # noqa: E402
+from speed import _run, cpu_flags, step_functions, time_interleaved  # noqa: E402
 
 FAMILIES = ("hrnetv2", "gsto_hrnet")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def cpu_flags():
+def vector_extensions():
     """The vector / matrix extensions of this CPU that matter for TensorFlow's kernels (for the table title)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(next((line for line in f if line.startswith("flags")), "").split())
-    except OSError:
+    flags = cpu_flags()
+    if flags is None:
         return "unknown CPU flags"
     wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
     return "+".join(flag for flag in wanted if flag in flags) or "no AVX2"
@@ -132,7 +130,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=8, help="interleaved timing rounds (--what xla)")
     parser.add_argument("--top", type=int, default=12, help="op types listed per step; the rest summed")
     args = parser.parse_args(argv)
-    where = f"{args.width}, batch 1, {args.size[0]}x{args.size[1]}, {os.cpu_count()} cores ({cpu_flags()})"
+    where = f"{args.width}, batch 1, {args.size[0]}x{args.size[1]}, {os.cpu_count()} cores ({vector_extensions()})"
     if "ops" in args.what:
         print_and_write(ops_table(args.width, args.size, args.steps, args.top),
                         os.path.join(RESULTS, "train_step_ops.csv"), f"op time per op type (profiler), {where}")

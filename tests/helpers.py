@@ -126,3 +126,14 @@ def pointwise_model(k=4, seed=0):
     inp = keras.Input((None, None, 3))
     conv = keras.layers.Conv2D(k, 1, kernel_initializer=keras.initializers.RandomNormal(seed=seed))
     return keras.Model(inp, {"logits": conv(inp)})
+
+
+def file_size_limit(limit):
+    """A ``preexec_fn`` for ``subprocess``: the child cannot write files beyond ``limit`` bytes. Writes past it fail
+    with EFBIG (Python ignores SIGXFSZ), as they fail with ENOSPC on a full disk."""
+    import resource
+
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply

@@ -3,7 +3,6 @@ best model and the history survive a resume, leftovers of killed writes are clea
 
 import csv
 import os
-import resource
 import subprocess
 import sys
 
@@ -11,6 +10,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from helpers import file_size_limit
 
 from gsto_tf.atomic import StorageError, remove_temp_files, write_atomically
 from gsto_tf.data import ensure_synthetic
@@ -265,13 +266,9 @@ def test_training_on_a_full_disk_ends_in_one_message_and_resumes(tmp_path):
     command = [sys.executable, RUN, "--data-dir", data, "--run-dir", str(run), "--model", "hrnetv2_w18_small_v1",
                "--steps", "2", "--batch-size", "2", "--set", "train.checkpoint_every=2", "--set",
                "data.crop_size=[32,32]", "--set", "eval.limit=1"]
-    limit = 2_000_000  # bytes per file: config.yaml fits, the model checkpoints do not
-
-    def limit_file_size():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ: writes fail with EFBIG
-
+    # 2 MB per file: config.yaml fits, the model checkpoints do not.
     out = subprocess.run(command, capture_output=True, text=True, timeout=600, env=_env(),
-                         preexec_fn=limit_file_size)
+                         preexec_fn=file_size_limit(2_000_000))
     assert out.returncode == 2, out.stderr[-2000:]
     last = [line for line in out.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("train: cannot write ") and "File too large" in last and "rerun the same command" in last, last

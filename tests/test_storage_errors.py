@@ -4,7 +4,6 @@ here for `convert`, in tests/test_run_dir.py for training."""
 
 import errno
 import os
-import resource
 import subprocess
 import sys
 
@@ -12,7 +11,9 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import REPO_ROOT
 from data_utils import write_png
+from helpers import file_size_limit
 from gsto_tf.atomic import StorageError, storage_errors
 from gsto_tf.cli import main
 from gsto_tf.data import ensure_synthetic
@@ -71,21 +72,14 @@ def test_convert_destination_under_a_file(tmp_path, capsys):
     assert rc == 2 and "a part of the path is a file" in err and "Traceback" not in err, err
 
 
-def test_convert_on_a_full_disk_is_one_line_and_no_crash(tmp_path):
-    # A file-size limit below the checkpoint's size fails the writes with EFBIG, as a full disk fails them with
-    # ENOSPC. When HDF5 wrote the weights file itself, freeing the half-written file crashed Python (SIGSEGV).
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    fixture = os.path.join(repo, "tests", "fixtures", "hrnetv2_w18s1_c19.pth")
+def test_convert_on_a_full_disk_is_one_line_and_no_crash(tmp_path, fixtures_dir):
+    # A file-size limit below the checkpoint's size fails the writes as a full disk does. When HDF5 wrote the
+    # weights file itself, freeing the half-written file crashed Python (SIGSEGV).
     out = tmp_path / "out" / "m.keras"
-    limit = 1_000_000
-
-    def limit_file_size():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    done = subprocess.run([sys.executable, "-m", "gsto_tf", "convert", fixture, "--model", "hrnetv2_w18_small_v1",
-                           "--num-classes", "19", "--output", str(out)], capture_output=True, text=True,
-                          timeout=300, preexec_fn=limit_file_size,
-                          env=dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="2"))
+    done = subprocess.run([sys.executable, "-m", "gsto_tf", "convert", str(fixtures_dir / "hrnetv2_w18s1_c19.pth"),
+                           "--model", "hrnetv2_w18_small_v1", "--num-classes", "19", "--output", str(out)],
+                          capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit(1_000_000),
+                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2"))
     assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"convert: cannot write {out}: File too large"), lines

@@ -186,6 +186,8 @@ class ProgressLog(keras.callbacks.Callback):
         self.steps_per_chunk = int(steps_per_chunk)
         self.epoch = int(initial_chunk)
         self.stream = stream if stream is not None else sys.stdout
+        # On a terminal the line is rewritten in place after every step; elsewhere (a log file) once per chunk.
+        self.terminal = getattr(self.stream, "isatty", lambda: False)()
         self.clock = clock
         self._start = self._first_end = self._first_step = None
 
@@ -199,14 +201,15 @@ class ProgressLog(keras.callbacks.Callback):
         step = self.epoch * self.steps_per_chunk + batch + 1
         if self._first_end is None:
             self._first_end, self._first_step = self.clock(), step
-        if getattr(self.stream, "isatty", lambda: False)():
-            self.stream.write("\r" + self.line(step, logs) + "\033[K")
-            self.stream.flush()
+        if self.terminal:
+            self._write(self.line(step, logs), end="")
 
     def on_epoch_end(self, epoch, logs=None):
-        step = (epoch + 1) * self.steps_per_chunk
-        end = "\033[K\n" if getattr(self.stream, "isatty", lambda: False)() else "\n"
-        self.stream.write(("\r" if end != "\n" else "") + self.line(step, logs) + end)
+        self._write(self.line((epoch + 1) * self.steps_per_chunk, logs), end="\n")
+
+    def _write(self, line, end):
+        # "\r" returns to the start of the line a step wrote, "\033[K" clears what a longer one left behind.
+        self.stream.write(f"\r{line}\033[K{end}" if self.terminal else line + end)
         self.stream.flush()
 
     def seconds_per_step(self, step):
@@ -218,7 +221,7 @@ class ProgressLog(keras.callbacks.Callback):
     def line(self, step, logs=None):
         parts = [f"step {step}/{self.total_steps}"]
         for key, value in (logs or {}).items():
-            if isinstance(value, (int, float)) or hasattr(value, "__float__"):
+            if hasattr(value, "__float__"):  # numbers, numpy scalars
                 parts.append(f"{key} {float(value):.4g}")
         rate = self.seconds_per_step(step)
         if rate is None:
