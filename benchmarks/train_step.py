@@ -35,18 +35,16 @@ def measure_one(model_name, dataset, batch, steps):
 
     from gsto_tf.data import get_dataset_spec
     from gsto_tf.models import build
-    from gsto_tf.models.outputs import loss_weight
-    from gsto_tf.training.losses import SegmentationLoss
-    from gsto_tf.training.optimizer import TorchSGD, poly_schedule
+    from gsto_tf.training.config import make_config
+    from gsto_tf.training.trainer import compile_model
 
     spec = get_dataset_spec(dataset)
-    h, w = spec.crop_size
+    config = make_config(dataset)
+    h, w = config.data.crop_size
     keras.utils.set_random_seed(0)
     model = build(model_name, spec.num_classes)
     names = list(model.output)
-    model.compile(optimizer=TorchSGD(poly_schedule(0.01, 1000), momentum=0.9, weight_decay_l2=5e-4),
-                  loss={n: SegmentationLoss(spec.num_classes, spec.ignore_label) for n in names},
-                  loss_weights={n: loss_weight(n) for n in names}, jit_compile=False)
+    compile_model(model, config, spec, total_steps=1000)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, h, w, 3)).astype("float32")
     y = rng.integers(0, spec.num_classes, (batch, h, w)).astype("int32")

@@ -14,6 +14,7 @@ no other module of gsto_tf reads an underscore attribute of a Keras object. The 
 ``KerasTensor._keras_history``      ``(operation, node_index, tensor_index)`` of a symbolic tensor
 ``Operation._inbound_nodes``        the nodes of every call of a layer
 ``Layer._build_shapes_dict``        the shapes ``build()`` received (keyword names as in ``build``)
+``Trainer._compile_loss``           the ``CompileLoss`` of a compiled model (``.built``, ``.build(y_true, y_pred)``)
 ``TensorFlowTrainer._maybe_symbolic_build`` (replaced; the replacement reads ``_distribute_strategy`` and calls
 ``_symbolic_build``), ``keras.src.backend.tensorflow.trainer.reduce_per_replica``,
 ``MultiWorkerMirroredStrategy.extended._in_multi_worker_mode()``: see :func:`enable_multi_worker_fit`.
@@ -106,6 +107,18 @@ def pack_like_outputs(model, flat):
 def build_shapes(layer):
     """The keyword arguments ``layer.build`` was called with (``{"x_shape": ..., ...}``), to build a copy alike."""
     return dict(layer._build_shapes_dict)
+
+
+def build_compiled_loss(model, y_true):
+    """Build the loss ``model.compile`` made (``model._compile_loss``) for labels like ``y_true`` (a structure of
+    ``keras.KerasTensor``); no-op when built or not compiled with a loss.
+
+    Keras builds it lazily, inside the first traced training step, and for a model with several outputs the build
+    creates one ``Mean`` loss tracker (two variables) per output; a variable created during a trace makes
+    ``tf.function`` trace the whole step a second time. Built here first, the step is traced once."""
+    compiled = getattr(model, "_compile_loss", None)
+    if compiled is not None and not compiled.built:
+        compiled.build(y_true, model.output)
 
 
 # -- model.fit under MultiWorkerMirroredStrategy -----------------------------------------------------------------

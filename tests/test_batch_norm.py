@@ -122,6 +122,35 @@ def test_composed_paths_give_keras_outputs_and_the_unbiased_moving_variance(kwar
     assert np.all(np.abs(ref_var - biased) > 1e-3 * ref_var / n)  # the two rules are distinguishable here
 
 
+@pytest.mark.parametrize("axis, shape", [(1, (2, 3, 4, 5)), (-1, (2, 5, 6, 1))])
+def test_composed_path_channels_first_and_unknown_sizes(axis, shape):
+    # The written-out gradient broadcasts per-channel vectors along `axis`; with unknown spatial sizes (a traced
+    # function without static shapes) the value count is computed in the graph instead of in Python.
+    x = tf.constant(np.random.default_rng(10).normal(0.5, 2.0, size=shape).astype(np.float32))
+    upstream = tf.constant(np.random.default_rng(11).normal(size=shape).astype(np.float32))
+    rng = np.random.default_rng(12)
+    c = shape[axis]
+    weights = [rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c), rng.uniform(0.5, 1.5, c)]
+    keras_bn = keras.layers.BatchNormalization(axis=axis, momentum=MOMENTUM, epsilon=EPS)
+    fused_bn = FusedBatchNormalization(axis=axis, momentum=MOMENTUM, epsilon=EPS)
+    for layer in (keras_bn, fused_bn):
+        layer.build(shape)
+        layer.set_weights([w.astype(np.float32) for w in weights])
+    assert not fused_bn._uses_fused_training(x, True, None)
+    unknown = tf.TensorSpec([None] * len(shape[:-1]) + [shape[-1]], tf.float32)
+    traced = tf.function(lambda x: _training_step(fused_bn, x, upstream), input_signature=[unknown])
+    expected = _training_step(keras_bn, x, upstream)
+    for got in (traced(x), _training_step(fused_bn, x, upstream)):
+        for a, b in zip(expected, got):
+            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-5 * np.abs(a.numpy()).max())
+    # Two training calls, each with the unbiased variance (n values per channel).
+    axes = tuple(i for i in range(len(shape)) if i != axis % len(shape))
+    n = np.prod([shape[i] for i in axes])
+    var = x.numpy().astype(np.float64).var(axes) * n / (n - 1)
+    expected_var = MOMENTUM * (MOMENTUM * weights[3] + (1 - MOMENTUM) * var) + (1 - MOMENTUM) * var
+    np.testing.assert_allclose(fused_bn.moving_variance.numpy(), expected_var, rtol=1e-5)
+
+
 def test_float64_training_step_is_exact_float64():
     # FusedBatchNormV3 has no float64 kernel: float64 runs the composed path, in float64 throughout.
     shape = (2, 7, 5, 4)

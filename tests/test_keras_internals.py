@@ -17,7 +17,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "gsto_tf"
 # The Keras-private attributes the module docstring lists; used through gsto_tf.keras_internals only.
 PRIVATE = ("_inbound_nodes", "_outbound_nodes", "_nodes_by_depth", "_keras_history", "_flatten_layers", "_layers",
            "_outputs_struct", "_inputs_struct", "_build_shapes_dict", "_operations", "_maybe_symbolic_build",
-           "_in_multi_worker_mode", "_symbolic_build", "_distribute_strategy")
+           "_in_multi_worker_mode", "_symbolic_build", "_distribute_strategy", "_compile_loss")
 
 
 def _model():
@@ -93,6 +93,31 @@ def test_multi_worker_patch_targets_exist():
 
     assert callable(getattr(tf_trainer, "reduce_per_replica", None))
     assert callable(getattr(tf_trainer.TensorFlowTrainer, "_maybe_symbolic_build", None))
+
+
+def test_a_built_compiled_loss_lets_the_first_step_trace_once():
+    # A multi-output model's per-output loss trackers are variables; created inside the first traced step, they
+    # make tf.function trace the step a second time. Built beforehand, the step creates no variable.
+    import tensorflow as tf
+
+    model = _model()
+    model.compile(optimizer="sgd", loss={"out": "mse", "mid": "mse"})
+    model.optimizer.build(model.trainable_variables)
+    ki.build_compiled_loss(model, {"out": keras.KerasTensor((None, 8, 8, 6)),
+                                   "mid": keras.KerasTensor((None, 8, 8, 4))})
+    created = []
+
+    def record(next_creator, **kwargs):
+        created.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    x = {"image": np.ones((2, 8, 8, 3), np.float32)}
+    y = {"out": np.zeros((2, 8, 8, 6), np.float32), "mid": np.zeros((2, 8, 8, 4), np.float32)}
+    with tf.variable_creator_scope(record):
+        logs = model.train_on_batch(x, y, return_dict=True)
+    assert created == []
+    assert {"out_loss", "mid_loss"} <= set(logs)  # the trackers are there, and were updated by the step
+    ki.build_compiled_loss(model, None)  # built: nothing to do
 
 
 def _private_reads(path):

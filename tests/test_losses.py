@@ -190,12 +190,14 @@ def test_fit_runs_each_step_at_the_hrnet_lr():
     np.testing.assert_allclose(seen, _hrnet_lrs(0.1, 8, 0.9, 5), rtol=1e-6)
 
 
-def test_torch_sgd_matches_pytorch_update_rule():
-    w0 = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
-    grads = [np.array([[0.1, 0.2], [-0.3, 0.4]], np.float32) * (i + 1) for i in range(3)]
-    lr, mom, wd = 0.1, 0.9, 0.01
+@pytest.mark.parametrize("mom, dtype, rtol", [(0.9, "float32", 1e-5), (0.0, "float32", 1e-5),
+                                             (0.9, "float64", 1e-13)])
+def test_torch_sgd_matches_pytorch_update_rule(mom, dtype, rtol):
+    w0 = np.array([[1.0, -2.0], [0.5, 3.0]], dtype)
+    grads = [np.array([[0.1, 0.2], [-0.3, 0.4]], dtype) * (i + 1) for i in range(3)]
+    lr, wd = 0.1, 0.01
     sched = poly_schedule(lr, 10, 0.9)
-    var = keras.Variable(w0.copy())
+    var = keras.Variable(w0.copy(), dtype=dtype)
     opt = TorchSGD(sched, momentum=mom, weight_decay_l2=wd)
     # PyTorch SGD: d = g + wd * p; buf = mom * buf + d (buf = d at the first step); p -= lr_t * buf
     p, buf = w0.astype(np.float64), None
@@ -204,4 +206,7 @@ def test_torch_sgd_matches_pytorch_update_rule():
         d = g + wd * p
         buf = d if buf is None else mom * buf + d
         p = p - _hrnet_lrs(lr, 10, 0.9, 3)[it] * buf
-    np.testing.assert_allclose(var.numpy(), p, rtol=1e-5)
+    assert var.dtype == dtype
+    np.testing.assert_allclose(var.numpy(), p, rtol=rtol)
+    if mom:
+        np.testing.assert_allclose(opt.momentums[0].numpy(), buf, rtol=rtol)

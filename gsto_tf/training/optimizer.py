@@ -12,9 +12,14 @@ iteration ``it`` is followed by ``lr = poly(it)``. So steps 0 and 1 both run at 
 runs at ``poly(k - 1)``. Keras' ``PolynomialDecay`` gives step ``k`` the lr ``poly(k)``, one iteration ahead.
 :class:`PolyDecay` follows HRNet's order by default (``hrnet_order=False`` gives Keras' order). It is a function
 of the optimizer's iteration counter, so a resumed run continues the schedule exactly.
+
+The update of each parameter is TensorFlow's ``ResourceApplyMomentum`` kernel (``accum = accum * momentum + d``,
+``var -= lr * accum``: PyTorch's step, in one op) after the weight-decay term: five graph ops per parameter instead
+of a dozen, which the first (traced) training step pays for every one of a model's hundreds of parameters.
 """
 
 import keras
+import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="gsto_tf")
@@ -35,17 +40,19 @@ class TorchSGD(keras.optimizers.Optimizer):
         self.momentums = [self.add_variable_from_reference(v, "momentum") for v in variables] if self.momentum else []
 
     def update_step(self, gradient, variable, learning_rate):
-        lr = keras.ops.cast(learning_rate, variable.dtype)
-        g = keras.ops.cast(gradient, variable.dtype)
+        # ``variable`` is the tf.Variable (Keras' TensorFlow optimizer unwraps it; under a distribution strategy,
+        # the replica's copy, and the slot's ``handle`` is that device's copy too).
+        lr = tf.cast(learning_rate, variable.dtype)
+        g = tf.cast(gradient, variable.dtype)
         if self.weight_decay_l2:
             g = g + self.weight_decay_l2 * variable
         if self.momentum:
             buf = self.momentums[self._get_variable_index(variable)]
-            self.assign(buf, self.momentum * buf + g)
-            step = buf
+            tf.raw_ops.ResourceApplyMomentum(var=variable.handle, accum=buf.handle, lr=lr, grad=g,
+                                             momentum=tf.constant(self.momentum, variable.dtype),
+                                             use_locking=False, use_nesterov=False)
         else:
-            step = g
-        self.assign_sub(variable, lr * step)
+            tf.raw_ops.ResourceApplyGradientDescent(var=variable.handle, alpha=lr, delta=g, use_locking=False)
 
     def get_config(self):
         config = super().get_config()

@@ -21,6 +21,7 @@ from gsto_tf.checkpoints import load_torch_weights
 from gsto_tf.data import build_eval_dataset, build_train_dataset, get_dataset_spec, list_samples, resolve_data_dir
 from gsto_tf.data.decode import reading_data
 from gsto_tf.evaluation import evaluate, test_setting
+from gsto_tf.keras_internals import build_compiled_loss
 from gsto_tf.models import build, inference_model
 from gsto_tf.models.outputs import loss_weight
 from gsto_tf.training.callbacks import (
@@ -104,6 +105,11 @@ def compile_model(model, config, spec, total_steps):
     names = list(model.output)
     model.compile(optimizer=optimizer, loss={n: _loss_for(config, spec) for n in names},
                   loss_weights={n: loss_weight(n) for n in names}, jit_compile=False)
+    # Built here, eagerly: built lazily inside the first traced step, the optimizer's slots and the per-output loss
+    # trackers are variables created during a trace, which makes TensorFlow trace the whole training step twice
+    # (and lift each slot's initialiser into the graph): the first step took twice as long.
+    optimizer.build(model.trainable_variables)
+    build_compiled_loss(model, {n: keras.KerasTensor((None, None, None), dtype="int32") for n in names})
     return model
 
 

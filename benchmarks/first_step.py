@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""What a user waits for before the first training step, and the steps after it: HRNetV2 vs GSTO-HRNet.
+
+Each row is one fresh process (what every run and every resume pays), doing what ``train`` does before and in
+``model.fit``: build the model, ``compile_model`` it (losses of every output, TorchSGD + poly), build the
+optimizer's slots (``train`` does that before ``fit`` when it restores its backup), then ``model.fit`` on one
+repeated batch at the dataset's crop size. ``first_step_s`` is the first step (tracing the training step, graph
+optimisation, the first execution), ``step_s`` the median of the ``--steps`` steps after it. Processes alternate
+between the models (and code versions) for ``--rounds`` rounds; ``first_step_s`` / ``step_s`` are medians over the
+rounds, and ``gsto_over_hrnet`` divides GSTO-HRNet's median by HRNetV2's of the same code.
+
+``--code LABEL=PATH`` times the gsto_tf package found under ``PATH`` (a checkout of another commit) and labels
+its rows ``LABEL``; the default is this checkout, labelled ``this``. Writes benchmarks/results/first_step.csv.
+
+    python benchmarks/first_step.py [--code before=/tmp/old after=.] [--rounds 3] [--steps 3] [--dataset cityscapes]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = ("hrnetv2_w18_small_v2", "gsto_hrnet_w18_small_v2")
+COLUMNS = ["code", "model", "dataset", "crop", "build_s", "first_step_s", "step_s", "first_over_step",
+           "gsto_over_hrnet_first", "gsto_over_hrnet_step", "rounds"]
+
+
+def measure_one(model_name, dataset, steps):
+    """In the child process: build, compile, fit ``1 + steps`` steps; returns the times."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from gsto_tf.data import get_dataset_spec
+    from gsto_tf.models import build
+    from gsto_tf.training.config import make_config
+    from gsto_tf.training.trainer import compile_model
+
+    spec = get_dataset_spec(dataset)
+    config = make_config(dataset)
+    h, w = config.data.crop_size
+    keras.utils.set_random_seed(0)
+    start = time.perf_counter()
+    model = build(model_name, spec.num_classes)
+    compile_model(model, config, spec, total_steps=1000)
+    model.optimizer.build(model.trainable_variables)  # as train() does before fit (restoring its backup)
+    built = time.perf_counter()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, h, w, 3)).astype("float32")
+    y = rng.integers(0, spec.num_classes, (1, h, w)).astype("int32")
+    names = list(model.output)
+    batches = tf.data.Dataset.from_tensors((x, {n: y for n in names})).repeat()
+    ends = []
+
+    class StepEnds(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            ends.append(time.perf_counter())
+
+    fit_start = time.perf_counter()
+    model.fit(batches, epochs=1, steps_per_epoch=1 + steps, verbose=0, callbacks=[StepEnds()])
+    times = [b - a for a, b in zip([fit_start] + ends[:-1], ends)]
+    return {"build_s": built - start, "first_step_s": times[0], "step_s": statistics.median(times[1:])}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--code", nargs="+", default=[f"this={REPO}"], metavar="LABEL=PATH",
+                        help="gsto_tf checkouts to time, each labelled (default: this checkout)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--dataset", default="cityscapes", help="whose training crop size and classes to use")
+    parser.add_argument("--rounds", type=int, default=3, help="fresh processes per model and code version")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after the first")
+    parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "first_step.csv"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        model_name, dataset = args.child.split(",")
+        print("RESULT " + json.dumps(measure_one(model_name, dataset, args.steps)))
+        return 0
+
+    codes = []
+    for item in args.code:
+        label, sep, path = item.partition("=")
+        if not sep or not os.path.isdir(os.path.join(path, "gsto_tf")):
+            parser.error(f"--code {item!r}: expected LABEL=PATH with a gsto_tf package under PATH")
+        codes.append((label, os.path.abspath(path)))
+    runs = {}
+    for round_index in range(args.rounds):
+        for label, path in codes:
+            for model_name in args.models:
+                env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+                           PYTHONPATH=os.pathsep.join([path] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+                cmd = [sys.executable, os.path.abspath(__file__), "--child", f"{model_name},{args.dataset}",
+                       "--steps", str(args.steps)]
+                done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=path)
+                result = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+                if done.returncode != 0 or not result:
+                    raise SystemExit(f"{label} {model_name} failed:\n{done.stderr[-3000:]}")
+                row = json.loads(result[-1][len("RESULT "):])
+                runs.setdefault((label, model_name), []).append(row)
+                print(f"round {round_index + 1} {label} {model_name}: first step {row['first_step_s']:.1f} s, "
+                      f"then {row['step_s']:.2f} s/step", flush=True)
+
+    # Imported after the children ran: the parent holds no TensorFlow while they are timed.
+    from gsto_tf.tables import print_and_write
+    from gsto_tf.training.config import make_config
+    from train_step_profile import vector_extensions
+
+    h, w = make_config(args.dataset).data.crop_size
+    medians = {key: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for key, rows in runs.items()}
+    rows = []
+    for label, _ in codes:
+        hrnet = medians.get((label, "hrnetv2_w18_small_v2"))
+        for model_name in args.models:
+            m = medians[(label, model_name)]
+            rows.append({
+                "code": label, "model": model_name, "dataset": args.dataset, "crop": f"{h}x{w}",
+                "build_s": round(m["build_s"], 1), "first_step_s": round(m["first_step_s"], 1),
+                "step_s": round(m["step_s"], 3), "first_over_step": round(m["first_step_s"] / m["step_s"], 1),
+                "gsto_over_hrnet_first": round(m["first_step_s"] / hrnet["first_step_s"], 2) if hrnet else "",
+                "gsto_over_hrnet_step": round(m["step_s"] / hrnet["step_s"], 3) if hrnet else "",
+                "rounds": args.rounds})
+    print_and_write(rows, args.out, title=f"First training step vs the steps after it, batch 1, {h}x{w}, "
+                    f"{os.cpu_count()} cores ({vector_extensions()}), medians of {args.rounds} fresh processes",
+                    columns=COLUMNS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
