@@ -10,9 +10,13 @@ between the models (and code versions) for ``--rounds`` rounds; ``first_step_s``
 rounds, and ``gsto_over_hrnet`` divides GSTO-HRNet's median by HRNetV2's of the same code.
 
 ``--code LABEL=PATH`` times the gsto_tf package found under ``PATH`` (a checkout of another commit) and labels
-its rows ``LABEL``; the default is this checkout, labelled ``this``. Writes benchmarks/results/first_step.csv.
+its rows ``LABEL``; the default is this checkout, labelled ``this``. ``--no-graph-optimizer LABEL ...``: those
+labels' processes run with TensorFlow's graph optimiser (Grappler) off
+(``tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})``), to see what it costs the first
+step and saves the others. Writes benchmarks/results/first_step.csv.
 
-    python benchmarks/first_step.py [--code before=/tmp/old after=.] [--rounds 3] [--steps 3] [--dataset cityscapes]
+    python benchmarks/first_step.py [--code before=/tmp/old after=. after_no_grappler=.]
+        [--no-graph-optimizer after_no_grappler] [--rounds 3] [--steps 3] [--dataset cityscapes]
 """
 
 import argparse
@@ -29,12 +33,15 @@ COLUMNS = ["code", "model", "dataset", "crop", "build_s", "first_step_s", "step_
            "gsto_over_hrnet_first", "gsto_over_hrnet_step", "rounds"]
 
 
-def measure_one(model_name, dataset, steps):
+def measure_one(model_name, dataset, steps, graph_optimizer=True):
     """In the child process: build, compile, fit ``1 + steps`` steps; returns the times."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import numpy as np
     import tensorflow as tf
+
+    if not graph_optimizer:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
     from gsto_tf.data import get_dataset_spec
     from gsto_tf.models import build
@@ -71,6 +78,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--code", nargs="+", default=[f"this={REPO}"], metavar="LABEL=PATH",
                         help="gsto_tf checkouts to time, each labelled (default: this checkout)")
+    parser.add_argument("--no-graph-optimizer", nargs="+", default=[], metavar="LABEL",
+                        help="code labels whose processes run with Grappler off")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--dataset", default="cityscapes", help="whose training crop size and classes to use")
     parser.add_argument("--rounds", type=int, default=3, help="fresh processes per model and code version")
@@ -79,8 +88,8 @@ def main():
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        model_name, dataset = args.child.split(",")
-        print("RESULT " + json.dumps(measure_one(model_name, dataset, args.steps)))
+        model_name, dataset, optimizer = args.child.split(",")
+        print("RESULT " + json.dumps(measure_one(model_name, dataset, args.steps, optimizer == "on")))
         return 0
 
     codes = []
@@ -89,13 +98,17 @@ def main():
         if not sep or not os.path.isdir(os.path.join(path, "gsto_tf")):
             parser.error(f"--code {item!r}: expected LABEL=PATH with a gsto_tf package under PATH")
         codes.append((label, os.path.abspath(path)))
+    unknown = set(args.no_graph_optimizer) - {label for label, _ in codes}
+    if unknown:
+        parser.error(f"--no-graph-optimizer {sorted(unknown)}: not a --code label")
     runs = {}
     for round_index in range(args.rounds):
         for label, path in codes:
             for model_name in args.models:
                 env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                            PYTHONPATH=os.pathsep.join([path] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-                cmd = [sys.executable, os.path.abspath(__file__), "--child", f"{model_name},{args.dataset}",
+                optimizer = "off" if label in args.no_graph_optimizer else "on"
+                cmd = [sys.executable, os.path.abspath(__file__), "--child", f"{model_name},{args.dataset},{optimizer}",
                        "--steps", str(args.steps)]
                 done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=path)
                 result = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]

@@ -108,6 +108,7 @@ def step_functions(name, size, num_classes=19, dtype=None, kinds=("infer", "infe
     model = build(name, num_classes, dtype=dtype, input_shape=(*size, 3))
     loss_fn = SegmentationLoss(num_classes)
     opt = keras.optimizers.SGD(0.001)
+    opt.build(model.trainable_variables)  # built inside the traced step, its variables would make it trace twice
     x = tf.random.normal((1, *size, 3))
     y = tf.random.uniform((1, *size), 0, num_classes, tf.int32)
 
