@@ -15,8 +15,12 @@ labels' processes run with TensorFlow's graph optimiser (Grappler) off
 (``tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})``), to see what it costs the first
 step and saves the others. Writes benchmarks/results/first_step.csv.
 
+``--count-ops`` instead counts the graph ops of the traced training step (``model.train_step`` as ``fit`` traces
+it, same crop) and the trainable variables, per model and code version, into benchmarks/results/first_step_ops.csv:
+tracing and graph optimisation take time in proportion to the ops.
+
     python benchmarks/first_step.py [--code before=/tmp/old after=. after_no_grappler=.]
-        [--no-graph-optimizer after_no_grappler] [--rounds 3] [--steps 3] [--dataset cityscapes]
+        [--no-graph-optimizer after_no_grappler] [--rounds 3] [--steps 3] [--dataset cityscapes] [--count-ops]
 """
 
 import argparse
@@ -29,6 +33,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("hrnetv2_w18_small_v2", "gsto_hrnet_w18_small_v2")
+OPS_COLUMNS = ["code", "model", "crop", "graph_ops", "trainable_variables", "gsto_over_hrnet_ops"]
 COLUMNS = ["code", "model", "dataset", "crop", "build_s", "first_step_s", "step_s", "first_over_step",
            "gsto_over_hrnet_first", "gsto_over_hrnet_step", "rounds"]
 
@@ -74,6 +79,29 @@ def measure_one(model_name, dataset, steps, graph_optimizer=True):
     return {"build_s": built - start, "first_step_s": times[0], "step_s": statistics.median(times[1:])}
 
 
+def count_ops(model_name, dataset):
+    """In the child process: ops of the traced training step and trainable variables, after ``compile_model``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    from gsto_tf.data import get_dataset_spec
+    from gsto_tf.models import build
+    from gsto_tf.training.config import make_config
+    from gsto_tf.training.trainer import compile_model
+
+    spec = get_dataset_spec(dataset)
+    config = make_config(dataset)
+    h, w = config.data.crop_size
+    model = build(model_name, spec.num_classes)
+    compile_model(model, config, spec, total_steps=1000)
+    model.optimizer.build(model.trainable_variables)
+    x = tf.TensorSpec((1, h, w, 3), tf.float32)
+    y = {n: tf.TensorSpec((1, h, w), tf.int32) for n in model.output}
+    graphs = [tf.function(lambda x, y: model.train_step((x, y))).get_concrete_function(x, y).graph for _ in range(2)]
+    graph = graphs[-1]  # the second trace: state that a code version builds lazily was created by the first
+    return {"graph_ops": len(graph.get_operations()), "trainable_variables": len(model.trainable_variables)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--code", nargs="+", default=[f"this={REPO}"], metavar="LABEL=PATH",
@@ -84,12 +112,16 @@ def main():
     parser.add_argument("--dataset", default="cityscapes", help="whose training crop size and classes to use")
     parser.add_argument("--rounds", type=int, default=3, help="fresh processes per model and code version")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the first")
-    parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "first_step.csv"))
+    parser.add_argument("--count-ops", action="store_true", help="count graph ops instead of timing")
+    parser.add_argument("--out", help="CSV to write (default: benchmarks/results/first_step.csv, or "
+                        "first_step_ops.csv with --count-ops)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         model_name, dataset, optimizer = args.child.split(",")
-        print("RESULT " + json.dumps(measure_one(model_name, dataset, args.steps, optimizer == "on")))
+        result = count_ops(model_name, dataset) if args.count_ops else \
+            measure_one(model_name, dataset, args.steps, optimizer == "on")
+        print("RESULT " + json.dumps(result))
         return 0
 
     codes = []
@@ -101,23 +133,25 @@ def main():
     unknown = set(args.no_graph_optimizer) - {label for label, _ in codes}
     if unknown:
         parser.error(f"--no-graph-optimizer {sorted(unknown)}: not a --code label")
+    results = os.path.join(REPO, "benchmarks", "results")
+    args.out = args.out or os.path.join(results, "first_step_ops.csv" if args.count_ops else "first_step.csv")
+    rounds = 1 if args.count_ops else args.rounds
     runs = {}
-    for round_index in range(args.rounds):
+    for round_index in range(rounds):
         for label, path in codes:
             for model_name in args.models:
                 env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                            PYTHONPATH=os.pathsep.join([path] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
                 optimizer = "off" if label in args.no_graph_optimizer else "on"
                 cmd = [sys.executable, os.path.abspath(__file__), "--child", f"{model_name},{args.dataset},{optimizer}",
-                       "--steps", str(args.steps)]
+                       "--steps", str(args.steps)] + (["--count-ops"] if args.count_ops else [])
                 done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=path)
                 result = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
                 if done.returncode != 0 or not result:
                     raise SystemExit(f"{label} {model_name} failed:\n{done.stderr[-3000:]}")
                 row = json.loads(result[-1][len("RESULT "):])
                 runs.setdefault((label, model_name), []).append(row)
-                print(f"round {round_index + 1} {label} {model_name}: first step {row['first_step_s']:.1f} s, "
-                      f"then {row['step_s']:.2f} s/step", flush=True)
+                print(f"round {round_index + 1} {label} {model_name}: {row}", flush=True)
 
     # Imported after the children ran: the parent holds no TensorFlow while they are timed.
     from gsto_tf.tables import print_and_write
@@ -125,6 +159,16 @@ def main():
     from train_step_profile import vector_extensions
 
     h, w = make_config(args.dataset).data.crop_size
+    if args.count_ops:
+        rows = []
+        for label, _ in codes:
+            hrnet = runs.get((label, "hrnetv2_w18_small_v2"))
+            for model_name in args.models:
+                r = runs[(label, model_name)][0]
+                rows.append({"code": label, "model": model_name, "crop": f"{h}x{w}", **r,
+                             "gsto_over_hrnet_ops": round(r["graph_ops"] / hrnet[0]["graph_ops"], 2) if hrnet else ""})
+        print_and_write(rows, args.out, title="Graph ops of the traced training step", columns=OPS_COLUMNS)
+        return 0
     medians = {key: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for key, rows in runs.items()}
     rows = []
     for label, _ in codes:

@@ -14,14 +14,17 @@ Training paths:
 
 * fused: NHWC rank-4 float32 / bfloat16 / float16 maps with more than one channel, ``center`` and ``scale``, no
   mask, not synchronized: TensorFlow's ``FusedBatchNormV3``, one kernel forward and one backward instead of
-  Keras' chain of composed ops (fewer passes over the activations; measured in benchmarks/speed.py). It also
-  returns the Bessel-corrected batch variance.
+  Keras' chain of composed ops (fewer passes over the activations; measured in benchmarks/speed.py). Given the
+  moving statistics and ``exponential_avg_factor = 1 - momentum`` it also returns them updated with the batch
+  mean and the Bessel-corrected batch variance, so the update costs no further op.
 * composed: everything else. Single-channel maps (GSTO's gates: the fused kernel is slower there), float64 (the
   fused kernel has no float64 kernel; this path is exact float64), ``synchronized=True`` (the moments of the
   global batch: sums and counts are all-reduced over the replicas, then the squared deviations from the global
   mean, two passes rather than ``E[x^2] - E[x]^2``), masks (moments over the unmasked positions). The output is
-  Keras' ``batch_normalization`` of the batch mean and biased variance; the count ``n`` that corrects the moving
-  variance is the number of values per channel in the (global, unmasked) batch.
+  the normalisation by the batch mean and biased variance; without mask or synchronization (the one-channel
+  gates, float64) batch norm's gradient is written out (:func:`_normalise_by_batch`), otherwise it is Keras'
+  ``batch_normalization`` differentiated through the moments. The count ``n`` that corrects the moving variance
+  is the number of values per channel in the (global, unmasked) batch.
 
 Inference, frozen layers (``trainable=False``) and batch renormalisation run Keras' own code.
 
