@@ -3,7 +3,8 @@
 
 Each row is one fresh process (what every run and every resume pays), doing what ``train`` does before and in
 ``model.fit``: build the model, ``compile_model`` it (losses of every output, TorchSGD + poly), build the
-optimizer's slots (``train`` does that before ``fit`` when it restores its backup), then ``model.fit`` on one
+optimizer's slots (``train`` does that before ``fit`` when it restores its backup; ``train_step.py``'s
+``compiled_training_model``), then ``model.fit`` on one
 repeated batch at the dataset's crop size. ``first_step_s`` is the first step (tracing the training step, graph
 optimisation, the first execution), ``step_s`` the median of the ``--steps`` steps after it. Processes alternate
 between the models (and code versions) for ``--rounds`` rounds; ``first_step_s`` / ``step_s`` are medians over the
@@ -47,20 +48,11 @@ def measure_one(model_name, dataset, steps, graph_optimizer=True):
 
     if not graph_optimizer:
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    from train_step import compiled_training_model  # benchmarks/ is sys.path[0]
 
-    from gsto_tf.data import get_dataset_spec
-    from gsto_tf.models import build
-    from gsto_tf.training.config import make_config
-    from gsto_tf.training.trainer import compile_model
-
-    spec = get_dataset_spec(dataset)
-    config = make_config(dataset)
-    h, w = config.data.crop_size
     keras.utils.set_random_seed(0)
     start = time.perf_counter()
-    model = build(model_name, spec.num_classes)
-    compile_model(model, config, spec, total_steps=1000)
-    model.optimizer.build(model.trainable_variables)  # as train() does before fit (restoring its backup)
+    model, spec, (h, w) = compiled_training_model(model_name, dataset)
     built = time.perf_counter()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1, h, w, 3)).astype("float32")
@@ -84,17 +76,9 @@ def count_ops(model_name, dataset):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from gsto_tf.data import get_dataset_spec
-    from gsto_tf.models import build
-    from gsto_tf.training.config import make_config
-    from gsto_tf.training.trainer import compile_model
+    from train_step import compiled_training_model
 
-    spec = get_dataset_spec(dataset)
-    config = make_config(dataset)
-    h, w = config.data.crop_size
-    model = build(model_name, spec.num_classes)
-    compile_model(model, config, spec, total_steps=1000)
-    model.optimizer.build(model.trainable_variables)
+    model, _, (h, w) = compiled_training_model(model_name, dataset)
     x = tf.TensorSpec((1, h, w, 3), tf.float32)
     y = {n: tf.TensorSpec((1, h, w), tf.int32) for n in model.output}
     graphs = [tf.function(lambda x, y: model.train_step((x, y))).get_concrete_function(x, y).graph for _ in range(2)]

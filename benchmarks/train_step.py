@@ -27,12 +27,10 @@ DEFAULT_MODELS = ("gsto_hrnet_w18_small_v2", "hrnetv2_w18_small_v2", "gsto_hrnet
 DEFAULT_CROPS = ("cityscapes", "pascal_context", "lip")
 
 
-def measure_one(model_name, dataset, batch, steps):
-    """Runs inside the child process; returns a result dict."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-    import numpy as np
-
+def compiled_training_model(model_name, dataset):
+    """``(model, spec, (h, w))``: ``model_name`` built for ``dataset``'s classes and compiled as ``train`` compiles
+    it (``compile_model``, the optimizer's slots built as ``train`` builds them before ``fit``); ``(h, w)`` is the
+    dataset's training crop. Shared by the benchmarks that time the training step."""
     from gsto_tf.data import get_dataset_spec
     from gsto_tf.models import build
     from gsto_tf.training.config import make_config
@@ -40,11 +38,21 @@ def measure_one(model_name, dataset, batch, steps):
 
     spec = get_dataset_spec(dataset)
     config = make_config(dataset)
-    h, w = config.data.crop_size
-    keras.utils.set_random_seed(0)
     model = build(model_name, spec.num_classes)
-    names = list(model.output)
     compile_model(model, config, spec, total_steps=1000)
+    model.optimizer.build(model.trainable_variables)  # a no-op where compile_model built it
+    return model, spec, tuple(config.data.crop_size)
+
+
+def measure_one(model_name, dataset, batch, steps):
+    """Runs inside the child process; returns a result dict."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    model, spec, (h, w) = compiled_training_model(model_name, dataset)
+    names = list(model.output)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, h, w, 3)).astype("float32")
     y = rng.integers(0, spec.num_classes, (batch, h, w)).astype("int32")
