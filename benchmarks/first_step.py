@@ -16,12 +16,16 @@ labels' processes run with TensorFlow's graph optimiser (Grappler) off
 (``tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})``), to see what it costs the first
 step and saves the others. Writes benchmarks/results/first_step.csv.
 
+``--mixed-precision mixed_bfloat16`` sets that Keras dtype policy before each model is built (what
+``train --mixed-precision`` does); its rows say so in the ``policy`` column.
+
 ``--count-ops`` instead counts the graph ops of the traced training step (``model.train_step`` as ``fit`` traces
 it, same crop) and the trainable variables, per model and code version, into benchmarks/results/first_step_ops.csv:
 tracing and graph optimisation take time in proportion to the ops.
 
     python benchmarks/first_step.py [--code before=/tmp/old after=. after_no_grappler=.]
         [--no-graph-optimizer after_no_grappler] [--rounds 3] [--steps 3] [--dataset cityscapes] [--count-ops]
+        [--mixed-precision mixed_bfloat16] [--out CSV]
 """
 
 import argparse
@@ -35,16 +39,18 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("hrnetv2_w18_small_v2", "gsto_hrnet_w18_small_v2")
 OPS_COLUMNS = ["code", "model", "crop", "graph_ops", "trainable_variables", "gsto_over_hrnet_ops"]
-COLUMNS = ["code", "model", "dataset", "crop", "build_s", "first_step_s", "step_s", "first_over_step",
+COLUMNS = ["code", "model", "policy", "dataset", "crop", "build_s", "first_step_s", "step_s", "first_over_step",
            "gsto_over_hrnet_first", "gsto_over_hrnet_step", "rounds"]
 
 
-def measure_one(model_name, dataset, steps, graph_optimizer=True):
+def measure_one(model_name, dataset, steps, graph_optimizer=True, policy="float32"):
     """In the child process: build, compile, fit ``1 + steps`` steps; returns the times."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import numpy as np
     import tensorflow as tf
+
+    keras.mixed_precision.set_dtype_policy(policy)
 
     if not graph_optimizer:
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
@@ -97,6 +103,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="fresh processes per model and code version")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the first")
     parser.add_argument("--count-ops", action="store_true", help="count graph ops instead of timing")
+    parser.add_argument("--mixed-precision", default="float32", choices=["float32", "mixed_bfloat16"],
+                        help="Keras dtype policy set before each model is built (default float32)")
     parser.add_argument("--out", help="CSV to write (default: benchmarks/results/first_step.csv, or "
                         "first_step_ops.csv with --count-ops)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -104,7 +112,7 @@ def main():
     if args.child:
         model_name, dataset, optimizer = args.child.split(",")
         result = count_ops(model_name, dataset) if args.count_ops else \
-            measure_one(model_name, dataset, args.steps, optimizer == "on")
+            measure_one(model_name, dataset, args.steps, optimizer == "on", args.mixed_precision)
         print("RESULT " + json.dumps(result))
         return 0
 
@@ -128,7 +136,8 @@ def main():
                            PYTHONPATH=os.pathsep.join([path] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
                 optimizer = "off" if label in args.no_graph_optimizer else "on"
                 cmd = [sys.executable, os.path.abspath(__file__), "--child", f"{model_name},{args.dataset},{optimizer}",
-                       "--steps", str(args.steps)] + (["--count-ops"] if args.count_ops else [])
+                       "--steps", str(args.steps), "--mixed-precision", args.mixed_precision] + \
+                    (["--count-ops"] if args.count_ops else [])
                 done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=path)
                 result = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
                 if done.returncode != 0 or not result:
@@ -160,7 +169,8 @@ def main():
         for model_name in args.models:
             m = medians[(label, model_name)]
             rows.append({
-                "code": label, "model": model_name, "dataset": args.dataset, "crop": f"{h}x{w}",
+                "code": label, "model": model_name, "policy": args.mixed_precision, "dataset": args.dataset,
+                "crop": f"{h}x{w}",
                 "build_s": round(m["build_s"], 1), "first_step_s": round(m["first_step_s"], 1),
                 "step_s": round(m["step_s"], 3), "first_over_step": round(m["first_step_s"] / m["step_s"], 1),
                 "gsto_over_hrnet_first": round(m["first_step_s"] / hrnet["first_step_s"], 2) if hrnet else "",

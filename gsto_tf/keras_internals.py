@@ -20,6 +20,9 @@ no other module of gsto_tf reads an underscore attribute of a Keras object. The 
 ``MultiWorkerMirroredStrategy.extended._in_multi_worker_mode()``: see :func:`enable_multi_worker_fit`.
 ==================================  ===================================================================
 
+One private TensorFlow function is read here too, for the same reason: ``tensorflow.python.util._pywrap_util_port
+.IsMklEnabled()``, whether TensorFlow runs its oneDNN kernels in this process (:func:`onednn_enabled`).
+
 One fact of the ``.keras`` file format is used too: the archive's ``model.weights.h5`` member is a ``.weights.h5``
 file (:data:`ARCHIVE_WEIGHTS`, :func:`copy_archive_weights`).
 
@@ -188,6 +191,20 @@ def enable_multi_worker_fit():
     tf_trainer.reduce_per_replica = reduce_per_replica
     tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
     _MULTI_WORKER_PATCHED = True
+
+
+# -- TensorFlow's kernels ---------------------------------------------------------------------------------------
+
+
+def onednn_enabled():
+    """Whether TensorFlow runs its oneDNN CPU kernels in this process: on by default on x86 CPUs with AVX512-VNNI,
+    AVX512_BF16 or AMX, and wherever ``TF_ENABLE_ONEDNN_OPTS=1``; off with ``TF_ENABLE_ONEDNN_OPTS=0``. False where
+    the query is missing (another TensorFlow build)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return False
+    return bool(getattr(_pywrap_util_port, "IsMklEnabled", lambda: False)())
 
 
 # -- the .keras archive -------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from gsto_tf.layers import FusedBatchNormalization
+from gsto_tf.layers import batch_norm as batch_norm_module
 
 MOMENTUM, EPS = 0.9, 1e-5
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -51,7 +52,8 @@ def _training_step(layer, x, upstream):
     return [y] + tape.gradient(loss, [x, layer.gamma, layer.beta])
 
 
-@pytest.mark.parametrize("shape", [(2, 9, 11, 5), (1, 3, 4, 7)])
+# 16 channels run FusedBatchNormV3 on every CPU; 5 and 7 run it only without oneDNN (composed otherwise).
+@pytest.mark.parametrize("shape", [(2, 9, 11, 5), (1, 3, 4, 7), (2, 5, 6, 16)])
 def test_training_step_matches_pytorch_batchnorm(shape):
     x = np.random.default_rng(1).normal(1.0, 3.0, shape).astype(np.float32)
     _, bn = _pair(shape)
@@ -63,9 +65,10 @@ def test_training_step_matches_pytorch_batchnorm(shape):
     np.testing.assert_allclose(bn.moving_variance.numpy(), ref_var, rtol=1e-5)
 
 
+@pytest.mark.parametrize("channels", [5, 16, 36])
 @pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
-def test_output_and_gradients_match_keras_batchnorm(dtype):
-    shape = (2, 9, 11, 5)
+def test_output_and_gradients_match_keras_batchnorm(dtype, channels):
+    shape = (2, 9, 11, channels)
     x = tf.constant(np.random.default_rng(2).normal(1.0, 3.0, shape).astype(np.float32))
     keras_bn, fused_bn = _pair(shape, dtype)
     x = tf.cast(x, keras_bn.compute_dtype)
@@ -86,6 +89,34 @@ def test_output_and_gradients_match_keras_batchnorm(dtype):
                                rtol=1e-5)
     np.testing.assert_allclose(fused_bn.moving_variance.numpy(),
                                MOMENTUM * var0 + (1 - MOMENTUM) * batch_var * n / (n - 1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("onednn", [False, True])
+def test_the_fused_kernel_runs_where_it_is_the_faster_path(monkeypatch, onednn):
+    # oneDNN's JIT batch-norm kernels need whole vectors of channels (16 in bfloat16, 4 in float32); TensorFlow's
+    # own kernel takes any count above one. One channel is always composed.
+    monkeypatch.setattr(batch_norm_module, "onednn_enabled", lambda: onednn)
+    bf16, f32 = tf.bfloat16, tf.float32
+    expected = {  # channels: (kernel dtype for a float32 map, for a bfloat16 map) with oneDNN
+        1: (None, None), 5: (None, None), 18: (None, None), 270: (None, None),
+        36: (f32, f32), 72: (f32, f32), 16: (f32, bf16), 64: (f32, bf16), 144: (f32, bf16)}
+    for channels, (for_f32, for_bf16) in expected.items():
+        for dtype, want in (("float32", for_f32), ("mixed_bfloat16", for_bf16)):
+            if not onednn:  # Eigen: the map's own dtype wherever there is more than one channel
+                want = None if channels == 1 else tf.as_dtype(dtype.replace("mixed_", ""))
+            _, bn = _pair((1, 3, 4, channels), dtype)
+            x = tf.zeros((1, 3, 4, channels), bn.compute_dtype)
+            assert batch_norm_module.fused_kernel_dtype(channels, x.dtype) == want, (channels, dtype)
+            assert bn._uses_fused_training(x, True, None) is (want is not None), (channels, dtype)
+    assert batch_norm_module.fused_kernel_dtype(8, tf.float64) is None  # no float64 kernel anywhere
+
+
+@pytest.mark.parametrize("setting", ["0", "1"])
+def test_onednn_enabled_follows_tensorflows_switch(setting):
+    code = "from gsto_tf.keras_internals import onednn_enabled; print(onednn_enabled())"
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=setting, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(setting == "1")
 
 
 def test_inference_and_frozen_paths_equal_keras():

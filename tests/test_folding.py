@@ -14,7 +14,7 @@ from gsto_tf.export import export_saved_model
 from gsto_tf.keras_internals import walk_layers
 from gsto_tf.layers import (FusedBatchNormalization, GatedScaleTransfer, SpatialGate, UpsampleConcatConv1x1,
                             resize_bilinear)
-from gsto_tf.layers.batch_norm import fold_conv_bn_weights
+from gsto_tf.layers.batch_norm import fold_conv_bn_weights, folded_conv_weights
 from gsto_tf.models import build, inference_model
 from gsto_tf.models.folding import fold_batch_norm, folded_pairs
 
@@ -108,14 +108,53 @@ def test_folded_model_still_matches_the_official_fixtures(fixtures_dir, case):
 
 def test_mixed_bfloat16_folded_model_keeps_float32_logits_and_dict():
     model = build("gsto_hrnet_w18_small_v1", 4, dtype="mixed_bfloat16")
+    randomize_batch_norms(model)
     folded = fold_batch_norm(model)
-    assert folded.get_layer("conv1").dtype_policy.name == "mixed_bfloat16"
-    assert folded.get_layer("conv1").kernel.dtype == "float32"  # folded in float32 variables
+    # The folded weights are stored in bfloat16, rounded from the float32 folding as a mixed layer casts them.
+    conv = folded.get_layer("conv1")
+    assert conv.dtype_policy.name == "bfloat16" and conv.kernel.dtype == "bfloat16"
+    kernel, bias = folded_conv_weights(model.get_layer("conv1"), model.get_layer("bn1"))
+    assert kernel.dtype == np.float32
+    np.testing.assert_array_equal(conv.kernel.numpy(), tf.cast(kernel, tf.bfloat16).numpy())
+    np.testing.assert_array_equal(conv.bias.numpy(), tf.cast(bias, tf.bfloat16).numpy())
+    gsto = next(layer for layer in folded.layers if isinstance(layer, GatedScaleTransfer))
+    assert {v.dtype for v in gsto.weights} == {"bfloat16"}  # composite layers too (gates included)
+    # The classifier keeps its float32 policy (float32 logits), so its weights stay float32.
+    float32_layers = [layer for layer in model.layers if layer.dtype_policy.name == "float32" and layer.weights]
+    assert float32_layers
+    for layer in float32_layers:
+        assert {v.dtype for v in folded.get_layer(layer.name).weights} == {"float32"}
     out = folded(np.zeros((1, 24, 32, 3), "float32"), training=False)
     assert sorted(out) == ["aux_stage2", "aux_stage3", "logits"]
     assert all(v.dtype == tf.float32 for v in out.values())
     infer = inference_model(model)
     assert infer(np.zeros((1, 24, 32, 3), "float32"), training=False).dtype == tf.float32
+
+
+def _with_policy(config, old, new):
+    """``config`` (a nested Keras config) with every dtype policy named ``old`` renamed ``new``."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and config.get("config", {}).get("name") == old:
+            return {**config, "config": {**config["config"], "name": new}}
+        return {k: _with_policy(v, old, new) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_with_policy(v, old, new) for v in config]
+    return config
+
+
+def test_folded_bfloat16_weights_give_the_outputs_of_casting_them_at_every_call():
+    """Storing the folded weights in bfloat16 changes no output bit against mixed layers that hold the same values
+    in float32 and cast them at every call."""
+    model = build("gsto_hrnet_w18_small_v1", 4, dtype="mixed_bfloat16")
+    randomize_batch_norms(model)
+    folded = inference_model(model)
+    mixed = keras.Model.from_config(_with_policy(folded.get_config(), "bfloat16", "mixed_bfloat16"))
+    mixed.set_weights([np.asarray(w, np.float32) for w in folded.get_weights()])
+    assert {v.dtype for v in mixed.weights} == {"float32"}
+    x = np.random.default_rng(0).normal(size=(1, 40, 56, 3)).astype("float32")
+    got, want = folded(x, training=False), mixed(x, training=False)
+    assert got.dtype == want.dtype == tf.float32
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
 @pytest.mark.slow

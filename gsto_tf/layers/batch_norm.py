@@ -16,13 +16,20 @@ Training paths:
   mask, not synchronized: TensorFlow's ``FusedBatchNormV3``, one kernel forward and one backward instead of
   Keras' chain of composed ops (fewer passes over the activations; measured in benchmarks/speed.py). Given the
   moving statistics and ``exponential_avg_factor = 1 - momentum`` it also returns them updated with the batch
-  mean and the Bessel-corrected batch variance, so the update costs no further op.
-* composed: everything else. Single-channel maps (GSTO's gates: the fused kernel is slower there), float64 (the
+  mean and the Bessel-corrected batch variance, so the update costs no further op. Where TensorFlow runs its
+  oneDNN kernels (:func:`gsto_tf.keras_internals.onednn_enabled`: by default on CPUs with AVX512-VNNI /
+  AVX512_BF16 / AMX), only where oneDNN has a vectorised (JIT) kernel for the channel count
+  (:func:`fused_kernel_dtype`): bfloat16 needs a multiple of 16 channels, float32 of 4; a bfloat16 map with 4k
+  channels (HRNet's 36, 72) is cast to float32 around the float32 kernel. The generic kernel oneDNN runs for the
+  other counts (HRNet's 18 and 270 channels) takes 1.8-2.6x the composed path's time in float32 and bfloat16
+  (docs/performance.md, "BatchNorm kernels").
+* composed: everything else. Single-channel maps (GSTO's gates: the fused kernel is slower there), channel
+  counts without a oneDNN JIT kernel (above), float64 (the
   fused kernel has no float64 kernel; this path is exact float64), ``synchronized=True`` (the moments of the
   global batch: sums and counts are all-reduced over the replicas, then the squared deviations from the global
   mean, two passes rather than ``E[x^2] - E[x]^2``), masks (moments over the unmasked positions). The output is
   the normalisation by the batch mean and biased variance; without mask or synchronization (the one-channel
-  gates, float64) batch norm's gradient is written out (:func:`_normalise_by_batch`), otherwise it is Keras'
+  gates, float64) batch norm's gradient is written out (:func:`_batch_norm_training`), otherwise it is Keras'
   ``batch_normalization`` differentiated through the moments. The count ``n`` that corrects the moving variance
   is the number of values per channel in the (global, unmasked) batch.
 
@@ -38,12 +45,31 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from gsto_tf.keras_internals import onednn_enabled
+
 _FUSED_DTYPES = (tf.float32, tf.bfloat16, tf.float16)
 # PyTorch's BatchNorm2d as the official HRNet / GSTO code configures it (BN_MOMENTUM = 0.01, eps = 1e-5). Keras'
 # momentum is the weight of the old moving value: 1 - 0.01.
 TORCH_BN_MOMENTUM = 0.99
 TORCH_BN_EPSILON = 1e-5
 DEPTHWISE_CONV_TYPES = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+# oneDNN's vectorised (JIT) batch-norm kernels need the channels in whole vectors: 16 lanes for bfloat16 (and
+# AVX-512 float32), 8 (AVX2) or 4 (SSE4.1) for float32. Other counts run a generic kernel.
+ONEDNN_JIT_BN_CHANNELS = {tf.bfloat16: 16, tf.float16: 16, tf.float32: 4}
+
+
+def fused_kernel_dtype(channels, dtype):
+    """The dtype in which ``FusedBatchNormV3`` trains a ``channels``-channel map of ``dtype`` fastest in this
+    process, or ``None`` where the composed path is faster (one channel; on oneDNN, no JIT kernel in any dtype)."""
+    dtype = tf.as_dtype(dtype)
+    if channels <= 1 or dtype not in _FUSED_DTYPES:
+        return None
+    if not onednn_enabled():  # TensorFlow's own kernels: one per dtype, any channel count
+        return dtype
+    for kernel_dtype in (dtype, tf.float32):  # a bfloat16 map without a bf16 JIT kernel: the float32 one, if any
+        if channels % ONEDNN_JIT_BN_CHANNELS[kernel_dtype] == 0:
+            return kernel_dtype
+    return None
 
 
 @keras.saving.register_keras_serializable(package="gsto_tf")
@@ -63,8 +89,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             and len(inputs.shape) == 4
             and self.axis in (-1, 3)
             and inputs.shape[-1] is not None
-            and inputs.shape[-1] > 1
-            and inputs.dtype in _FUSED_DTYPES
+            and fused_kernel_dtype(inputs.shape[-1], inputs.dtype) is not None
         )
 
     def call(self, inputs, training=None, mask=None):
@@ -74,7 +99,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             return self._fused_training_step(inputs)
         return self._composed_training_step(inputs, mask)
 
-    def _fused_training_step(self, x):
+    def _fused_training_step(self, x, kernel_dtype=None):
+        # kernel_dtype (default: fused_kernel_dtype's choice): cast x for the kernel; a no-op for x's own dtype.
+        x = tf.cast(x, kernel_dtype or fused_kernel_dtype(x.shape[-1], x.dtype))
         # The kernel takes float32 scale/offset/statistics with float32 / bfloat16 / float16 x and returns x's dtype.
         # Given the moving statistics and exponential_avg_factor = 1 - momentum, it also returns them updated
         # with the batch mean and the Bessel-corrected batch variance (PyTorch's rule): one op instead of a dozen.
@@ -104,10 +131,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         gamma = tf.cast(self.gamma, x.dtype) if self.scale else None
         beta = tf.cast(self.beta, x.dtype) if self.center else None
         if mask is None and not self.synchronized:
-            # The moments carry no gradient here: _normalise_by_batch writes out the whole batch-norm gradient.
-            mean, variance, count = self._batch_moments(tf.stop_gradient(x), None)
-            y = _normalise_by_batch(x, mean, variance, count, gamma, beta, self.epsilon, self._reduction_axes,
-                                    self.axis)
+            y, mean, variance, count = _batch_norm_training(x, gamma, beta, self.epsilon, self._reduction_axes,
+                                                            self.axis)
         else:
             mean, variance, count = self._batch_moments(x, mask)
             y = keras.ops.batch_normalization(x, mean, variance, axis=self.axis, offset=beta, scale=gamma,
@@ -117,19 +142,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
     def _batch_moments(self, x, mask):
-        """Per-channel mean, biased variance and value count of the batch (of all replicas when synchronized). The
-        count is a Python float when the shape is static and the batch is not masked or synchronized."""
+        """Per-channel mean, biased variance and value count of a masked or synchronized batch (of all replicas
+        when synchronized); the plain batch's are computed by :func:`_batch_norm_training`."""
         axes = self._reduction_axes
         replica = tf.distribute.get_replica_context() if self.synchronized else None
-        if mask is None and replica is None:
-            # Keras' own moments (same values and gradients as keras.layers.BatchNormalization).
-            mean, variance = tf.nn.moments(x, axes)
-            sizes = [x.shape[a] for a in axes]
-            if all(size is not None for size in sizes):
-                count = float(np.prod(sizes))
-            else:
-                count = tf.cast(tf.size(x, out_type=tf.int64) // tf.cast(tf.shape(x)[self.axis], tf.int64), x.dtype)
-            return mean, variance, count
 
         def all_reduce(value):
             return replica.all_reduce(tf.distribute.ReduceOp.SUM, value) if replica is not None else value
@@ -158,37 +174,54 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             variable.assign(variable * momentum + tf.cast(batch_value, variable.dtype) * (1 - momentum))
 
 
-def _normalise_by_batch(x, mean, variance, count, gamma, beta, epsilon, axes, axis):
-    """``gamma * (x - mean) / sqrt(variance + epsilon) + beta`` where ``mean`` / ``variance`` are the (biased) batch
-    moments of ``x`` over ``axes`` and ``count`` values per channel, with batch norm's gradient written out:
-    ``dx = gamma / sigma * (dy - mean(dy) - xhat * mean(dy * xhat))``, ``dgamma = sum(dy * xhat)``,
-    ``dbeta = sum(dy)``. Autodiff through the moments gives the same values with about four times as many graph
-    ops, which the 68 one-channel gate BNs of GSTO-HRNet pay at every trace. ``gamma`` / ``beta``: ``None`` = 1 / 0."""
-    if axis not in (-1, len(x.shape) - 1):  # per-channel vectors broadcast against the last axis only
-        shape = [1] * len(x.shape)
+def _batch_norm_training(x, gamma, beta, epsilon, axes, axis):
+    """Batch norm of ``x`` by its own moments over ``axes``: ``(y, mean, biased variance, count)``, the moments per
+    channel (shape ``[C]``) and ``count`` the values per channel (a Python float for a static shape).
+
+    ``y = gamma * (x - mean) / sqrt(variance + epsilon) + beta`` is computed as ``x * a + (beta - mean * a)`` with
+    ``a = gamma / sqrt(variance + epsilon)``, and its gradient is written out (the moments are not differentiated
+    separately): ``dbeta = sum(dy)``, ``dgamma = sum(dy * (x - mean)) / sigma``,
+    ``dx = a * dy - a / n * (dbeta + (x - mean) / sigma * dgamma)``. Autodiff through the moments gives the same
+    values with more graph ops, which every BN on this path would pay at every trace (GSTO-HRNet's 68 one-channel
+    gate BNs, and on oneDNN the BNs whose channel counts have no JIT kernel). ``gamma`` / ``beta``: ``None`` =
+    1 / 0."""
+    rank = len(x.shape)
+    channels_last = axis in (-1, rank - 1)
+    mean = tf.reduce_mean(x, axes, keepdims=not channels_last)  # broadcasts against x either way
+    variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axes, keepdims=not channels_last)
+    sizes = [x.shape[a] for a in axes]
+    if all(size is not None for size in sizes):
+        count = float(np.prod(sizes))
+    else:
+        count = tf.cast(tf.size(x, out_type=tf.int64) // tf.cast(tf.shape(x)[axis], tf.int64), x.dtype)
+    inv_std = tf.math.rsqrt(variance + epsilon)
+    if not channels_last:  # per-channel vectors as [1, C, 1, ...]
+        shape = [1] * rank
         shape[axis] = -1
-        mean, variance = tf.reshape(mean, shape), tf.reshape(variance, shape)
         gamma = None if gamma is None else tf.reshape(gamma, shape)
         beta = None if beta is None else tf.reshape(beta, shape)
-    inv_std = tf.math.rsqrt(variance + epsilon)
     scale = tf.ones_like(inv_std) if gamma is None else gamma
     offset = tf.zeros_like(inv_std) if beta is None else beta
 
     @tf.custom_gradient
     def normalise(x, scale, offset):
-        x_hat = (x - mean) * inv_std
-        y = x_hat * scale + offset
+        a = scale * inv_std
+        y = x * a + (offset - mean * a)
 
         def gradient(dy):
-            keep = len(scale.shape) > 1  # reduced to scale's shape: [C], or [1, C, 1, 1] for channels first
+            keep = not channels_last  # reduced to scale's shape: [C], or [1, C, 1, 1] for channels first
             d_offset = tf.reduce_sum(dy, axes, keepdims=keep)
-            d_scale = tf.reduce_sum(dy * x_hat, axes, keepdims=keep)
-            dx = (scale * inv_std / count) * (count * dy - d_offset - x_hat * d_scale)
+            centred = x - mean
+            d_scale = tf.reduce_sum(dy * centred, axes, keepdims=keep) * inv_std
+            dx = a * dy - (a / count) * (d_offset + centred * (inv_std * d_scale))
             return dx, d_scale, d_offset
 
         return y, gradient
 
-    return normalise(x, scale, offset)
+    y = normalise(x, scale, offset)
+    if channels_last:
+        return y, mean, variance, count
+    return y, tf.reshape(mean, [-1]), tf.reshape(variance, [-1]), count  # new names: gradient() reads `mean`
 
 
 def fold_conv_bn_weights(kernel, bias, gamma, beta, mean, variance, epsilon, depthwise=False):

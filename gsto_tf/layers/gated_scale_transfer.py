@@ -275,12 +275,14 @@ class GatedScaleTransfer(keras.layers.Layer):
             outputs.append(gate if gate is not None else keras.ops.ones_like(x[..., :1]))
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
-    def fold_batch_norm(self):
+    def fold_batch_norm(self, dtype=None):
         """An equivalent new layer for inference with every BN (transform and gate) folded into its conv, weights
         set: the ``fold_batch_norm()`` protocol of the model-level BN folding. The transform convs get biases
-        (``use_bn=False``); the ReLUs between strided steps and the activation stay."""
+        (``use_bn=False``); the ReLUs between strided steps and the activation stay. ``dtype``: the new layer's
+        dtype policy (default: this layer's)."""
 
-        folded = GatedScaleTransfer.from_config({**self.get_config(), "use_bn": False, "gate_batch_norm_folded": True})
+        folded = GatedScaleTransfer.from_config({**self.get_config(), "use_bn": False, "gate_batch_norm_folded": True,
+                                                 **({"dtype": dtype} if dtype is not None else {})})
         folded.build(**build_shapes(self))
         if self.gate_layer is not None:
             folded.gate_layer.load_folded_weights(self.gate_layer)

@@ -104,10 +104,12 @@ class SpatialGate(keras.layers.Layer):
                 g = keras.ops.relu(g)
         return keras.ops.sigmoid(g)
 
-    def fold_batch_norm(self):
+    def fold_batch_norm(self, dtype=None):
         """An equivalent new gate for inference with every BN folded into its conv (weights set): the
-        ``fold_batch_norm()`` protocol of the model-level BN folding."""
-        folded = SpatialGate.from_config({**self.get_config(), "batch_norm_folded": True})
+        ``fold_batch_norm()`` protocol of the model-level BN folding. ``dtype``: the new gate's dtype policy
+        (default: this gate's)."""
+        folded = SpatialGate.from_config({**self.get_config(), "batch_norm_folded": True,
+                                          **({"dtype": dtype} if dtype is not None else {})})
         folded.build((None, None, None, int(self.convs[0].kernel.shape[-2])))
         folded.load_folded_weights(self)
         return folded

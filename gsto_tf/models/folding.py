@@ -9,7 +9,14 @@ right after a convolution ``x = w * in + b`` it folds into that convolution exac
 
 so the folded model computes the same function with one pass over the activations less per BN, and no separate
 BN op (which under a mixed-precision policy also means no bfloat16 -> float32 -> bfloat16 round trip around it).
-The arithmetic is done in float64 and stored in the conv's variable dtype (float32 under ``mixed_bfloat16``).
+The arithmetic is done in float64 and rounded to float32, the conv's variable dtype.
+
+Under a mixed policy (``mixed_bfloat16`` / ``mixed_float16``: float32 variables, bfloat16 / float16 compute) the
+folded model's layers get the compute dtype for their variables too (policy ``bfloat16`` / ``float16``), except
+the BatchNormalizations it keeps (float32 statistics): a mixed layer casts each float32 kernel and bias to the
+compute dtype at every call, one Cast op per variable (about 450 in GSTO-HRNet's inference graph; 1-4 % of its
+bf16 inference time on an AMX CPU, docs/precision.md); here the same rounding (float32 -> bfloat16, round to
+nearest even) happens once, so every output is the one the mixed model with the folded float32 weights computes.
 
 :func:`fold_batch_norm` works on the functional graph, not on a model family: it walks the model's nodes in
 topological order and rebuilds the graph on the same inputs. A BN node is folded when
@@ -27,7 +34,9 @@ config and weights, a new instance), so the folded model shares no variables wit
 
 The result is for inference only: a folded model called with ``training=True`` has no batch statistics to use.
 The model's inputs, output structure (a dict keeps its keys) and output dtypes (float32 logits under
-``mixed_bfloat16``) are those of the original.
+``mixed_bfloat16``: the layers with a float32 policy keep it) are those of the original. A composite layer's
+``fold_batch_norm()`` is called with ``dtype=`` (the policy of the folded layer, :func:`inference_dtype_policy`)
+under a mixed policy, without arguments otherwise.
 """
 
 import keras
@@ -68,7 +77,8 @@ def fold_batch_norm(model, name=None):
         elif key in plan.bn_of_conv:
             conv = node.operation
             bn = plan.bn_of_conv[key].operation
-            folded = _new_layer(conv, use_bias=True, name=plan.names.get(key, conv.name))
+            folded = _new_layer(conv, use_bias=True, name=plan.names.get(key, conv.name),
+                                dtype=inference_dtype_policy(conv))
             outputs = folded(*args, **kwargs)
             _set_folded_weights(folded, conv, bn)
         else:
@@ -148,6 +158,18 @@ def _is_foldable_conv(conv, bn):
 
 # -- rebuilding --------------------------------------------------------------------------------------------------
 
+_MIXED_POLICIES = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+
+
+def inference_dtype_policy(layer):
+    """The dtype policy of ``layer``'s copy in a folded model: a mixed policy becomes its compute dtype (variables
+    stored rounded, no cast per call), except on a BatchNormalization; every other policy is kept."""
+    policy = layer.dtype_policy
+    if isinstance(layer, keras.layers.BatchNormalization) or policy.name not in _MIXED_POLICIES:
+        return policy
+    return keras.DTypePolicy(_MIXED_POLICIES[policy.name])
+
+
 
 def _new_layer(layer, **changes):
     """A new, unbuilt instance of ``layer``'s class with its config (plus ``changes``)."""
@@ -161,11 +183,13 @@ def _copy_call(operation, args, kwargs):
     if isinstance(operation, keras.Model) and is_functional(operation):
         return fold_batch_norm(operation)(*args, **kwargs)
     if callable(getattr(operation, "fold_batch_norm", None)):
-        return operation.fold_batch_norm()(*args, **kwargs)
+        policy = inference_dtype_policy(operation)  # passed only where it changes: fold_batch_norm() suffices else
+        changes = {"dtype": policy} if policy is not operation.dtype_policy else {}
+        return operation.fold_batch_norm(**changes)(*args, **kwargs)
     if not isinstance(operation, keras.layers.Layer):
         return operation(*args, **kwargs)  # a stateless keras.ops operation
     try:
-        copy = _new_layer(operation)
+        copy = _new_layer(operation, dtype=inference_dtype_policy(operation))
     except (TypeError, ValueError, NotImplementedError):
         return operation(*args, **kwargs)  # cannot be re-created from its config: shared with the original
     outputs = copy(*args, **kwargs)
