@@ -8,8 +8,8 @@ default on CPUs with AVX512-VNNI / AVX512_BF16 / AMX), ``FusedBatchNormV3`` has 
 some channel counts. This script times one training-mode BN + ReLU, forward and backward, for every BN shape of
 the models at the given input size (the shapes and their counts are read off the built models), on each path
 (``fused``: the kernel in the map's dtype; ``fused_fp32``: a bf16 map cast to float32 around the float32 kernel;
-``composed``) in fp32 and bf16, interleaved per round; ``fp32_path`` / ``bf16_path`` is the path the layer takes in this
-process and ``*_chosen_ms`` its time.
+``composed``) in fp32 and bf16, interleaved in random order per round (``speed.time_interleaved``);
+``fp32_path`` / ``bf16_path`` is the path the layer takes in this process and ``*_chosen_ms`` its time.
 
 Rows: one per shape, then per model the sum over its BNs (``count`` x median) for each path and for the chosen
 one. Writes benchmarks/results/batch_norm_kernels.csv.
@@ -23,7 +23,6 @@ import collections
 import os
 import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -37,7 +36,8 @@ from gsto_tf.layers.batch_norm import fused_kernel_dtype  # noqa: E402
 from gsto_tf.models import build  # noqa: E402
 from gsto_tf.tables import print_and_write  # noqa: E402
 from gsto_tf.user_input import parse_size  # noqa: E402
-from train_step_profile import vector_extensions  # noqa: E402  (benchmarks/ is sys.path[0])
+from speed import time_interleaved  # noqa: E402  (benchmarks/ is sys.path[0])
+from train_step_profile import vector_extensions  # noqa: E402
 
 # (precision, path): "fused" = FusedBatchNormV3 in the map's dtype, "fused_fp32" = a bf16 map cast to float32 around
 # the float32 kernel, "composed" = the composed ops (in float32).
@@ -89,15 +89,7 @@ def time_shape(shape, repeats):
     steps, chosen = {}, {}
     for precision, path in VARIANTS:
         steps[precision, path], chosen[precision] = bn_step(shape, precision, path)
-    for fn in steps.values():
-        fn().numpy()
-        fn().numpy()
-    times = {key: [] for key in steps}
-    for _ in range(repeats):
-        for key, fn in steps.items():
-            start = time.perf_counter()
-            fn().numpy()
-            times[key].append(time.perf_counter() - start)
+    times = time_interleaved(steps, repeats)
     return {key: statistics.median(v) * 1e3 for key, v in times.items()}, chosen
 
 

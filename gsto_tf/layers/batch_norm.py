@@ -21,7 +21,7 @@ Training paths:
   AVX512_BF16 / AMX), only where oneDNN has a vectorised (JIT) kernel for the channel count
   (:func:`fused_kernel_dtype`): bfloat16 needs a multiple of 16 channels, float32 of 4; a bfloat16 map with 4k
   channels (HRNet's 36, 72) is cast to float32 around the float32 kernel. The generic kernel oneDNN runs for the
-  other counts (HRNet's 18 and 270 channels) takes 1.8-2.6x the composed path's time in float32 and bfloat16
+  other counts (HRNet's 18 and 270 channels) takes 1.8-2.4x the composed path's time in float32 and bfloat16
   (docs/performance.md, "BatchNorm kernels").
 * composed: everything else. Single-channel maps (GSTO's gates: the fused kernel is slower there), channel
   counts without a oneDNN JIT kernel (above), float64 (the

@@ -170,7 +170,6 @@ def inference_dtype_policy(layer):
     return keras.DTypePolicy(_MIXED_POLICIES[policy.name])
 
 
-
 def _new_layer(layer, **changes):
     """A new, unbuilt instance of ``layer``'s class with its config (plus ``changes``)."""
     config = layer.get_config()
