@@ -21,7 +21,8 @@ step and saves the others. Writes benchmarks/results/first_step.csv.
 
 ``--count-ops`` instead counts the graph ops of the traced training step (``model.train_step`` as ``fit`` traces
 it, same crop) and the trainable variables, per model and code version, into benchmarks/results/first_step_ops.csv:
-tracing and graph optimisation take time in proportion to the ops.
+tracing and graph optimisation take time in proportion to the ops. ``optimizer_ops`` are the ops under the
+optimizer's name scope (the parameter update), ``gate_ops`` those of GSTO's gate sublayers (forward and gradient).
 
     python benchmarks/first_step.py [--code before=/tmp/old after=. after_no_grappler=.]
         [--no-graph-optimizer after_no_grappler] [--rounds 3] [--steps 3] [--dataset cityscapes] [--count-ops]
@@ -31,6 +32,7 @@ tracing and graph optimisation take time in proportion to the ops.
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -38,7 +40,10 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("hrnetv2_w18_small_v2", "gsto_hrnet_w18_small_v2")
-OPS_COLUMNS = ["code", "model", "crop", "graph_ops", "trainable_variables", "gsto_over_hrnet_ops"]
+OPS_COLUMNS = ["code", "model", "crop", "graph_ops", "optimizer_ops", "gate_ops", "trainable_variables",
+               "gsto_over_hrnet_ops"]
+# A GatedScaleTransfer's gate sublayer (SpatialGate: conv, BN, ReLU, sigmoid), forward and gradient ops alike.
+GATE_OP = re.compile(r"/gate(_\d+)?/")
 COLUMNS = ["code", "model", "policy", "dataset", "crop", "build_s", "first_step_s", "step_s", "first_over_step",
            "gsto_over_hrnet_first", "gsto_over_hrnet_step", "rounds"]
 
@@ -89,7 +94,11 @@ def count_ops(model_name, dataset):
     y = {n: tf.TensorSpec((1, h, w), tf.int32) for n in model.output}
     graphs = [tf.function(lambda x, y: model.train_step((x, y))).get_concrete_function(x, y).graph for _ in range(2)]
     graph = graphs[-1]  # the second trace: state that a code version builds lazily was created by the first
-    return {"graph_ops": len(graph.get_operations()), "trainable_variables": len(model.trainable_variables)}
+    names = [op.name for op in graph.get_operations()]
+    return {"graph_ops": len(names),
+            "optimizer_ops": sum(name.startswith(f"{model.optimizer.name}/") for name in names),
+            "gate_ops": sum(bool(GATE_OP.search(name)) for name in names),
+            "trainable_variables": len(model.trainable_variables)}
 
 
 def main():
