@@ -36,14 +36,13 @@ from gsto_tf.layers.batch_norm import fused_kernel_dtype  # noqa: E402
 from gsto_tf.models import build  # noqa: E402
 from gsto_tf.tables import print_and_write  # noqa: E402
 from gsto_tf.user_input import parse_size  # noqa: E402
-from speed import time_interleaved  # noqa: E402  (benchmarks/ is sys.path[0])
+from speed import POLICIES, time_interleaved  # noqa: E402  (benchmarks/ is sys.path[0])
 from train_step_profile import vector_extensions  # noqa: E402
 
 # (precision, path): "fused" = FusedBatchNormV3 in the map's dtype, "fused_fp32" = a bf16 map cast to float32 around
 # the float32 kernel, "composed" = the composed ops (in float32).
 VARIANTS = [("fp32", "fused"), ("fp32", "composed"), ("bf16", "fused"), ("bf16", "fused_fp32"), ("bf16", "composed")]
 KERNEL_DTYPES = {"fused": None, "fused_fp32": tf.float32}
-POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 
 
 def bn_shapes(model_name, size):
