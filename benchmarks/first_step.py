@@ -40,7 +40,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("hrnetv2_w18_small_v2", "gsto_hrnet_w18_small_v2")
-OPS_COLUMNS = ["code", "model", "crop", "graph_ops", "optimizer_ops", "gate_ops", "trainable_variables",
+OPS_COLUMNS = ["code", "model", "policy", "crop", "graph_ops", "optimizer_ops", "gate_ops", "trainable_variables",
                "gsto_over_hrnet_ops"]
 # A GatedScaleTransfer's gate sublayer (SpatialGate: conv, BN, ReLU, sigmoid), forward and gradient ops alike.
 GATE_OP = re.compile(r"/gate(_\d+)?/")
@@ -82,10 +82,13 @@ def measure_one(model_name, dataset, steps, graph_optimizer=True, policy="float3
     return {"build_s": built - start, "first_step_s": times[0], "step_s": statistics.median(times[1:])}
 
 
-def count_ops(model_name, dataset):
+def count_ops(model_name, dataset, policy="float32"):
     """In the child process: ops of the traced training step and trainable variables, after ``compile_model``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
     import tensorflow as tf
+
+    keras.mixed_precision.set_dtype_policy(policy)
 
     from train_step import compiled_training_model
 
@@ -120,7 +123,7 @@ def main():
     args = parser.parse_args()
     if args.child:
         model_name, dataset, optimizer = args.child.split(",")
-        result = count_ops(model_name, dataset) if args.count_ops else \
+        result = count_ops(model_name, dataset, args.mixed_precision) if args.count_ops else \
             measure_one(model_name, dataset, args.steps, optimizer == "on", args.mixed_precision)
         print("RESULT " + json.dumps(result))
         return 0
@@ -167,7 +170,8 @@ def main():
             hrnet = runs.get((label, "hrnetv2_w18_small_v2"))
             for model_name in args.models:
                 r = runs[(label, model_name)][0]
-                rows.append({"code": label, "model": model_name, "crop": f"{h}x{w}", **r,
+                rows.append({"code": label, "model": model_name, "policy": args.mixed_precision,
+                             "crop": f"{h}x{w}", **r,
                              "gsto_over_hrnet_ops": round(r["graph_ops"] / hrnet[0]["graph_ops"], 2) if hrnet else ""})
         print_and_write(rows, args.out, title="Graph ops of the traced training step", columns=OPS_COLUMNS)
         return 0
