@@ -23,8 +23,8 @@ _FILE_IN_PATH_ERRNOS = (errno.ENOTDIR, errno.EEXIST)
 
 
 class StorageError(OSError):
-    """A file could not be written: the disk (or the process's file-size limit) is full, or the folder is read-only,
-    not writable by this user, or not a folder."""
+    """A file could not be written: the disk (or the process's file-size limit) is full, the folder is read-only,
+    not writable by this user or not a folder, the target is a folder, or a name is too long."""
 
     def __str__(self):
         return self.strerror
@@ -48,6 +48,11 @@ def storage_errors(target):
             reason = _reason(exc, text, _NO_SPACE_TEXT)
             raise StorageError(errno.ENOSPC, f"cannot write {target}: {reason}. Files written before are intact; "
                                "free space (or raise the file size limit) and rerun the same command") from None
+        if code == errno.EISDIR:
+            raise StorageError(errno.EISDIR, f"cannot write {target}: it is a folder; give a file path") from None
+        if code == errno.ENAMETOOLONG or "File name too long" in text:
+            raise StorageError(errno.ENAMETOOLONG, f"cannot write {target}: a file or folder name is longer than the "
+                               f"file system allows ({_name_max(target)} bytes); choose a shorter one") from None
         if code in _FILE_IN_PATH_ERRNOS or "Not a directory" in text:
             raise StorageError(errno.ENOTDIR, f"cannot write {target}: a part of the path is a file, not a "
                                "folder") from None
@@ -56,6 +61,17 @@ def storage_errors(target):
             raise StorageError(code or errno.EACCES, f"cannot write {target}: {reason}; choose a folder this user "
                                "can write") from None
         raise
+
+
+def _name_max(target):
+    """The longest file name the file system of ``target``'s nearest existing folder allows."""
+    folder = os.path.abspath(str(target))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def _reason(exc, text, known):

@@ -23,6 +23,9 @@ no other module of gsto_tf reads an underscore attribute of a Keras object. The 
 One private TensorFlow function is read here too, for the same reason: ``tensorflow.python.util._pywrap_util_port
 .IsMklEnabled()``, whether TensorFlow runs its oneDNN kernels in this process (:func:`onednn_enabled`).
 
+One private LiteRT method is read here as well: ``Interpreter._get_ops_details()``, the operators of a ``.tflite``
+file (:func:`tflite_op_names`).
+
 One fact of the ``.keras`` file format is used too: the archive's ``model.weights.h5`` member is a ``.weights.h5``
 file (:data:`ARCHIVE_WEIGHTS`, :func:`copy_archive_weights`).
 
@@ -218,3 +221,14 @@ def copy_archive_weights(keras_path, weights_path):
     with zipfile.ZipFile(keras_path) as archive, archive.open(ARCHIVE_WEIGHTS) as src, \
             open(weights_path, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def tflite_op_names(path):
+    """The sorted builtin operator names of the ``.tflite`` file at ``path``: the file's own operators, read
+    through an interpreter without delegates (with XNNPACK, the ops it takes over are listed as one ``DELEGATE``)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_path=str(path),
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+

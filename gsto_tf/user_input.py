@@ -7,6 +7,7 @@ Anchors and aliases (``&a`` / ``*a``) are refused: no card or config needs them,
 """
 
 import argparse
+import difflib
 
 import yaml
 
@@ -53,13 +54,42 @@ def load_yaml(text, where):
         raise YAMLInputError(f"{where}: not valid YAML ({clip(exc)})") from None
 
 
+def size_or_none(text):
+    """``"HxW"`` -> ``(H, W)`` (positive integers), or None where ``text`` is not that."""
+    try:
+        height, width = (int(v) for v in str(text).strip().lower().split("x"))
+    except ValueError:
+        return None
+    return (height, width) if height > 0 and width > 0 else None
+
+
 def parse_size(text):
     """``"HxW"`` -> ``(H, W)``, both positive integers. Meant as an argparse ``type=``: argparse then names the
     argument in the error (``argument --input-size: expected HxW ...``)."""
-    try:
-        height, width = (int(v) for v in str(text).lower().split("x"))
-    except ValueError:
-        height = width = 0
-    if height <= 0 or width <= 0:
+    size = size_or_none(text)
+    if size is None:
         raise argparse.ArgumentTypeError(f"expected HxW with positive integers (e.g. 1024x2048), got {text!r}")
-    return height, width
+    return size
+
+
+def int_in(lo, hi):
+    """An argparse ``type=`` for an integer in ``lo..hi`` (argparse then names the argument in the error)."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer in {lo}..{hi}"
+    return parse
+
+
+def did_you_mean(word, choices):
+    """``"did you mean X? "`` naming the choices closest to a mistyped ``word``, or ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=3)
+    return f"did you mean {' or '.join(close)}? " if close else ""
+

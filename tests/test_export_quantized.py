@@ -5,6 +5,7 @@ The fast tests use an untrained model (agreement there says little); the slow te
 int8 >= 97 % and fp16 >= 99.5 % argmax agreement, fp32 max |d logits| <= 1e-4 x std.
 """
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -141,3 +142,25 @@ def test_parity_report_std_does_not_overflow_on_huge_logits():
         report = parity_report(model, lambda image: np.asarray(model(image[None])), images)
     assert report.logits_std == pytest.approx(float(np.std(refs)), rel=1e-6)
     assert report.max_abs_diff == 0.0
+
+
+def test_parity_report_counts_close_calls_and_warns_below_the_bound():
+    """Hand-made logits: the runner adds 0.3 to class 1. Pixels whose top-two gap is under 0.3 can flip."""
+    reference = np.array([[[1.0, 0.9], [2.0, 0.0]], [[0.5, 0.45], [0.0, 3.0]]], np.float32)  # gaps .1 2 .05 3
+    image = np.concatenate([reference, np.zeros((2, 2, 1), np.float32)], -1)
+    inputs = keras.Input((2, 2, 3))
+    select = keras.initializers.Constant(np.array([[[[1, 0], [0, 1], [0, 0]]]], np.float32))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1, kernel_initializer=select, use_bias=False)(inputs))
+
+    def runner(image):
+        return np.asarray(model(image[None])) + np.array([0.0, 0.3], np.float32)
+
+    report = parity_report(model, runner, [image], "int8")
+    assert report.max_abs_diff == pytest.approx(0.3)
+    assert report.argmax_agreement == 0.5 and report.close_call_fraction == 0.5  # the two .1 / .05 pixels flip
+    text = str(report)
+    assert "WARNING: argmax agreement is below the 97 % that a trained model keeps with --quantize int8" in text
+    assert "50.0 % of the pixels have their two highest logits closer than the quantisation error" in text
+    fine = dataclasses.replace(report, argmax_agreement=0.98)
+    assert not fine.below_bound and "WARNING" not in str(fine)
+    assert dataclasses.replace(report, quantize="fp16", argmax_agreement=0.99).below_bound  # fp16 keeps 99.5 %

@@ -45,12 +45,23 @@ def _env():
     ("data.scale_range=[2.0,0.5]", "data.scale_range must be [lo, hi] with 0 < lo <= hi, got [2.0, 0.5]"),
     ("train.strategy=tpu", "train.strategy must be one of auto, default, mirrored, multi_worker, got 'tpu'"),
     ("train.ohem=yes please", "train.ohem must be true or false, got 'yes please'"),
+    ("data.crop_size=256by256", "data.crop_size must be HxW or [h, w] (positive integers), got '256by256'"),
+    ("data.crop_size=256x0", "data.crop_size must be HxW or [h, w] (positive integers), got '256x0'"),
+    ("train.weight_deacy=0.1", "unknown key train.weight_deacy; did you mean weight_decay? valid:"),
+    ("training.lr=0.1", "unknown config section 'training'; did you mean train? valid: data, model, train, eval"),
 ])
 def test_config_values_are_checked_when_the_config_is_built(setting, message):
     with pytest.raises(ConfigError) as info:
         make_config("synthetic", sets=[setting])
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_sizes_are_written_hxw_in_set_and_config_files(tmp_path):
+    assert make_config("synthetic", sets=["data.crop_size=256x320"]).data.crop_size == [256, 320]
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  crop_size: 96x128\n")
+    assert make_config("synthetic", str(path)).data.crop_size == [96, 128]
 
 
 def test_yaml_scientific_notation_is_a_float(tmp_path):

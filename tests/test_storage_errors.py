@@ -33,12 +33,14 @@ def data(tmp_path_factory):
     return ensure_synthetic(str(tmp_path_factory.mktemp("data")), height=16, width=32, train=2, val=2)
 
 
-def _commands(tmp_path, checkpoint, data):
-    blocked = tmp_path / "a_file"
-    blocked.write_text("not a folder")
+def _commands(tmp_path, checkpoint, data, under=None):
+    """Each writing command with its destination at ``under`` (default: a path below a file)."""
+    if under is None:
+        blocked = tmp_path / "a_file"
+        blocked.write_text("not a folder")
+        under = str(blocked / "sub")
     image = tmp_path / "x.png"
     write_png(str(image), np.zeros((8, 8, 3), np.uint8))
-    under = str(blocked / "sub")
     return {
         "train": ["train", "--dataset", "synthetic", "--data-dir", data, "--steps", "1", "--batch-size", "2",
                   "--run-dir", under],
@@ -58,6 +60,22 @@ def test_destination_under_a_file_is_one_line_and_exit_2(tmp_path, checkpoint, d
     err = capsys.readouterr().err.strip()
     assert "a_file" in err and "a part of the path is a file" in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["train", "eval", "predict", "export saved_model", "export tflite"])
+def test_destination_name_too_long_is_one_line_and_exit_2(tmp_path, checkpoint, data, capsys, name):
+    args = _commands(tmp_path, checkpoint, data, under=str(tmp_path / ("n" * 300)))[name]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "a file or folder name is longer than the file system allows (255 bytes); choose a shorter one" in err, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_output_that_is_a_folder_is_one_line_and_exit_2(tmp_path, data, capsys):
+    assert main(["data", "browse", "--dataset", "synthetic", "--data-dir", data, "--num", "2",
+                 "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"data: cannot write {tmp_path}: it is a folder; give a file path"
 
 
 def test_convert_destination_under_a_file(tmp_path, capsys):

@@ -5,8 +5,10 @@ import os
 import subprocess
 import sys
 
+import yaml
 
-from gsto_tf.data import ensure_synthetic
+from gsto_tf.cli import main as cli
+from gsto_tf.data import augmentation, ensure_synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,6 +45,15 @@ def test_short_synthetic_run_trains_and_evaluates(tmp_path):
     assert (run / "config.yaml").exists() and (run / "history.csv").exists()
     assert "mIoU" in out.stdout
     assert "PreciseBN applied" in out.stdout  # on in the synthetic recipe: final.keras carries re-estimated BN stats
+    # config.yaml holds the values the run used: the card's scale range, not null
+    saved = yaml.safe_load(open(run / "config.yaml"))["data"]
+    assert (saved["crop_size"], saved["scale_range"]) == ([64, 64], list(augmentation("synthetic")[1]))
+    # the real history.csv draws as curves (losses, lr and val mIoU against the step)
+    assert cli(["visualize", "curves", "--run-dir", str(run), "--output", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    # eval of the run's checkpoint writes beside the metrics of training's own evaluation: one home, RUN/eval
+    assert cli(["eval", "--checkpoint", str(run / "checkpoints" / "final.keras"), "--data-dir", data, "--ss"]) == 0
+    assert (run / "eval" / "metrics_ss.json").exists() and not (run / "checkpoints" / "eval").exists()
 
     # A training checkpoint loads for inference in a process that never imports gsto_tf.training.
     script = ("import sys; from gsto_tf.checkpoints import load_checkpoint; "

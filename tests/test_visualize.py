@@ -44,10 +44,19 @@ def test_gate_and_feature_grids_from_real_models(tmp_path):
 
 
 def test_training_curves_and_errors(tmp_path):
-    (tmp_path / "history.csv").write_text(
-        "epoch,logits_loss,loss,lr,val_loss\n0,1.5,2.0,0.01,NA\n1,1.0,1.4,0.005,NA\n")
-    visualize.training_curves(str(tmp_path), str(tmp_path / "curves.png"))
-    assert (tmp_path / "curves.png").exists()
+    """The history.csv of a real run is drawn in tests/test_train_e2e.py; here the errors and the val mIoU rows."""
+    from gsto_tf.training.callbacks import HistoryLog
+
+    log = HistoryLog(str(tmp_path / "history.csv"), steps_per_chunk=10)
+    log.set_model(type("Model", (), {"stop_training": False})())
+    log.on_epoch_end(0, {"loss": 2.0, "logits_loss": 1.5, "lr": 0.01})
+    log.on_epoch_end(1, {"loss": 1.4, "logits_loss": 1.0, "lr": 0.005, "val_miou": 0.3})
+    width = _png_size(visualize.training_curves(str(tmp_path), str(tmp_path / "curves.png")))[0]
+    (tmp_path / "history.csv").write_text("chunk,step,loss,lr\n1,10,2.0,0.01\n")  # no evaluation yet: two panels
+    assert _png_size(visualize.training_curves(str(tmp_path), str(tmp_path / "curves.png")))[0] < width
+    (tmp_path / "history.csv").write_text("epoch,loss\n0,2.0\n")
+    with pytest.raises(ValueError, match=r"history.csv: no 'step' column \(columns: epoch, loss\)"):
+        visualize.training_curves(str(tmp_path), str(tmp_path / "x.png"))
     with pytest.raises(FileNotFoundError, match="no history.csv"):
         visualize.training_curves(str(tmp_path / "nope"), str(tmp_path / "x.png"))
     with pytest.raises(ValueError, match="no HRNet stage-4 branches"):
@@ -55,3 +64,20 @@ def test_training_curves_and_errors(tmp_path):
 
         inp = keras.Input((None, None, 3))
         visualize.branch_features(keras.Model(inp, keras.layers.Conv2D(2, 1)(inp)))
+
+
+def test_gate_colour_range_uses_the_whole_scale_for_official_gates():
+    official = [np.full((1, 4, 4, 1), 0.5), np.linspace(0.5, 1.0, 16).reshape(1, 4, 4, 1)]
+    assert visualize.gate_value_range(official) == (0.5, 1.0)
+    assert visualize.gate_value_range(official + [np.full((1, 2, 2, 1), 0.2)]) == (0.0, 1.0)  # the paper's gate
+
+
+def test_prediction_samples_are_spread_over_the_split(tmp_path):
+    from gsto_tf.data import build_eval_dataset, ensure_synthetic
+
+    data = ensure_synthetic(str(tmp_path / "data"), height=16, width=32, train=2, val=12)
+    paths = [s["path"].numpy().decode() for s in build_eval_dataset("synthetic", data)]
+    spread = [s["path"].numpy().decode() for s in build_eval_dataset("synthetic", data, spread=3, seed=0)]
+    picked = sorted(np.random.default_rng(0).choice(12, 3, replace=False))
+    assert spread == [paths[i] for i in picked] and picked != [0, 1, 2]
+    assert [s["path"].numpy().decode() for s in build_eval_dataset("synthetic", data, spread=50)] == paths

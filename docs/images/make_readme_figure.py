@@ -5,7 +5,7 @@
     python docs/images/make_readme_figure.py --dataset camvid --data-dir /data/CamVid \
         --checkpoint runs/study_camvid/gsto_hrnet_seed0/checkpoints/final.keras --output docs/images/camvid_gates.png
 
-    python experiments/run.py --run-dir runs/main                      # the Quick start's main job
+    .venv/bin/gsto-tf --run-dir runs/main                      # the Quick start's main job
     python docs/images/make_readme_figure.py --checkpoint runs/main/checkpoints/final.keras
 
 Writes docs/images/gsto_gates.png by default (kept under 300 KB: small panels, 100 dpi).
@@ -25,13 +25,15 @@ from gsto_tf.data import build_eval_dataset, get_dataset_spec, resolve_data_dir 
 from gsto_tf.data.normalization import denormalize_image  # noqa: E402
 from gsto_tf.evaluation.inference import Predictor  # noqa: E402
 from gsto_tf.visualize.colors import colorize  # noqa: E402
+from gsto_tf.visualize.figures import gate_value_range  # noqa: E402
 from gsto_tf.evaluation.settings import test_setting  # noqa: E402
 from gsto_tf.models import gate_model, inference_model# noqa: E402
 from gsto_tf.checkpoints import load_checkpoint  # noqa: E402
 
-# (gate layer, panel title): a stride-4 -> stride-16 fusion gate, a same-scale one, and a class-map transition gate.
+# (gate layer, panel title): a stride-4 -> stride-16 fusion gate, the gate on the stride-4 branch's own map where
+# the branches are fused, and a class-map transition gate.
 GATES = (("stage3.0.att_layers.2.0", "fusion gate\nstride 4 -> 16"),
-         ("stage4.0.att_layers.0.0", "fusion gate\nstride 4 -> 4"),
+         ("stage4.0.att_layers.0.0", "fusion gate\nstride-4 branch, own map"),
          ("att2.2", "transition gate\n(from class map)"))
 
 
@@ -61,7 +63,8 @@ def main(argv=None):
         panels = [(denormalize_image(image), "image\n", {}),
                   (colorize(label, spec.palette, spec.ignore_label), "ground truth\n", {}),
                   (colorize(predictor.predict(image).numpy(), spec.palette, spec.ignore_label), "prediction\n", {})]
-        panels += [(np.asarray(maps[name])[0, ..., 0], title, {"cmap": "magma", "vmin": 0.0, "vmax": 1.0})
+        low, high = gate_value_range([np.asarray(maps[name]) for name, _ in GATES])
+        panels += [(np.asarray(maps[name])[0, ..., 0], title, {"cmap": "magma", "vmin": low, "vmax": high})
                    for name, title in GATES]
         for ax, (img, title, style) in zip(axes[row], panels):
             shown = ax.imshow(img, **style)

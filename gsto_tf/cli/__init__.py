@@ -21,7 +21,7 @@ SUBCOMMANDS = {
     "export": ("gsto_tf.cli.export", "export a checkpoint to SavedModel or TFLite"),
     "convert": ("gsto_tf.cli.convert", "convert an official PyTorch checkpoint (.pth/.npz) to Keras weights"),
     "counts": ("gsto_tf.cli.counts", "print params / GFLOPs of models next to the paper's numbers"),
-    "data": ("gsto_tf.cli.data", "dataset tools: verify, browse, prepare"),
+    "data": ("gsto_tf.cli.data", "dataset tools: verify, stats, browse, prepare"),
     "visualize": ("gsto_tf.cli.visualize", "figures: predictions, gate maps, feature maps, curves"),
 }
 

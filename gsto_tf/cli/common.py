@@ -15,9 +15,10 @@ class UsageError(Exception):
 
 # INFO lines that TensorFlow's and LiteRT's C++ code writes straight to the stderr file: absl's format
 # (``I0000 00:00:...``), the older one (``2024-01-11 05:40:05.061907: I ...``), LiteRT's (``INFO: Created TensorFlow
-# Lite XNNPACK delegate``), absl's note before its log is initialised and the continuation of cpu_feature_guard's.
+# Lite XNNPACK delegate``), absl's note before its log is initialised, the continuation of cpu_feature_guard's and the
+# quantizer's settings line, which the LiteRT converter prints without any prefix.
 _NATIVE_INFO = re.compile(r"I\d{4} |\d{4}-\d\d-\d\d [\d:.]+: I |INFO: |WARNING: All log messages before absl::"
-                          r"InitializeLog\(\)|To enable the following instructions: ")
+                          r"InitializeLog\(\)|To enable the following instructions: |fully_quantize: \d+, inference_type: ")
 
 
 @contextlib.contextmanager

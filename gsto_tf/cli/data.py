@@ -7,8 +7,11 @@ import numpy as np
 
 from gsto_tf.images import save_png
 from gsto_tf.cli.common import add_dataset_argument, dataset_spec
-from gsto_tf.user_input import parse_size
+from gsto_tf.user_input import int_in, parse_size
 from gsto_tf.data import resolve_data_dir
+
+# One PNG grid of this many crops is already large (64 crops of 512x1024 are a 16-megapixel image).
+MAX_BROWSE_SAMPLES = 64
 
 
 def add_arguments(parser):
@@ -18,17 +21,18 @@ def add_arguments(parser):
     add_dataset_argument(verify)
     verify.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
     verify.add_argument("--split", action="append", help="split(s) to check (default: train and val)")
-    verify.add_argument("--limit", type=int, help="check only the first N samples of each split")
+    verify.add_argument("--limit", type=int_in(1, 10**9), help="check only the first N samples of each split")
     stats = sub.add_parser("stats", help="class pixel frequencies and median-frequency class weights of a split")
     add_dataset_argument(stats)
     stats.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
     stats.add_argument("--split", default="train", help="split to count (default: train)")
-    stats.add_argument("--limit", type=int, help="count only the first N samples")
+    stats.add_argument("--limit", type=int_in(1, 10**9), help="count only the first N samples")
     browse = sub.add_parser("browse", help="write a PNG grid of augmented training samples with label overlays")
     add_dataset_argument(browse)
     browse.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
     browse.add_argument("--split", default="train", help="split to sample (default: train)")
-    browse.add_argument("--num", type=int, default=8, help="number of samples")
+    browse.add_argument("--num", type=int_in(1, MAX_BROWSE_SAMPLES), default=8,
+                        help=f"number of samples (1..{MAX_BROWSE_SAMPLES}; default: 8)")
     browse.add_argument("--seed", type=int, default=0, help="augmentation seed (the same seed shows the same crops)")
     browse.add_argument("--crop-size", type=parse_size, help="HxW (default: the dataset's)")
     browse.add_argument("--photometric", action="store_true", help="also apply the photometric augmentation")
@@ -91,14 +95,14 @@ def overlay_grid(images, labels, spec, columns=4, alpha=0.5):
 
 
 def _browse(args):
-
     from gsto_tf.data import build_train_dataset
+    from gsto_tf.data.decode import read_checked
 
     spec = dataset_spec(args.dataset)
     ds = build_train_dataset(spec, args.data_dir, global_batch_size=1, seed=args.seed, crop_size=args.crop_size,
                              split=args.split, photometric=args.photometric)
     images, labels = [], []
-    for x, y in ds.take(args.num):
+    for x, y in read_checked(ds.take(args.num)):  # a bad file: one line naming it
         images.append(x.numpy()[0])
         labels.append(y.numpy()[0])
     grid = overlay_grid(images, labels, spec, columns=min(4, args.num))

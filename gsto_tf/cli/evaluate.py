@@ -17,7 +17,7 @@ from gsto_tf.data import DatasetError, build_eval_dataset, resolve_data_dir
 from gsto_tf.evaluation import evaluate, test_setting
 from gsto_tf.images import save_png
 from gsto_tf.models import inference_model
-from gsto_tf.user_input import parse_size
+from gsto_tf.user_input import int_in, parse_size
 
 
 def add_arguments(parser):
@@ -34,8 +34,10 @@ def add_arguments(parser):
     parser.add_argument("--crop-size", type=parse_size, help="slide window HxW")
     parser.add_argument("--ss", action="store_true", help="single-scale (one scale, no flip) only")
     parser.add_argument("--both", action="store_true", help="report single-scale and the published setting")
-    parser.add_argument("--limit", type=int, help="first N images only")
-    parser.add_argument("--run-dir", default=None, help="where metrics JSON/CSV go (default: beside the checkpoint)")
+    parser.add_argument("--limit", type=int_in(1, 10**9), help="first N images only")
+    parser.add_argument("--run-dir", default=None,
+                        help="where metrics JSON/CSV go (default: RUN/eval for a checkpoint of a training run RUN, "
+                        "else eval/ beside the checkpoint); files metrics[_SPLIT]_ss|_ms")
     parser.add_argument("--submission-dir", help="also write Cityscapes test-server PNGs (label ids) here")
     add_fold_batch_norm_argument(parser)
     add_allow_nonfinite_argument(parser)
@@ -58,6 +60,16 @@ def _setting(args, spec):
     if setting.mode == "slide" and not setting.crop_size:
         raise UsageError("--mode slide needs --crop-size HxW")
     return setting
+
+
+def metrics_dir(checkpoint):
+    """Where ``eval`` writes its metrics by default: for a checkpoint of a training run (``RUN/checkpoints/*``),
+    ``RUN/eval``, beside the metrics that training wrote; for any other checkpoint, ``eval/`` beside it."""
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    run = os.path.dirname(folder)
+    if os.path.basename(folder) == "checkpoints" and os.path.isfile(os.path.join(run, "config.yaml")):
+        return os.path.join(run, "eval")
+    return os.path.join(folder, "eval")
 
 
 def submission_writer(spec, directory):
@@ -87,14 +99,17 @@ def main(args):
     settings = [published.single_scale()] if args.ss else [published]
     if args.both and not args.ss and published != published.single_scale():
         settings = [published.single_scale(), published]
-    run_dir = args.run_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
+    run_dir = args.run_dir or metrics_dir(args.checkpoint)
+    with storage_errors(run_dir):  # an unwritable destination fails now, not after the evaluation
+        os.makedirs(run_dir, exist_ok=True)
     try:
         data_dir = resolve_data_dir(spec, args.data_dir)
         for setting in settings:
             on_prediction = submission_writer(spec, args.submission_dir) if args.submission_dir else None
             metrics = evaluate(model, build_eval_dataset(spec, data_dir, split=args.split), spec,
                                setting=setting, limit=args.limit, on_prediction=on_prediction)
-            stem = "metrics_ss" if setting == setting.single_scale() else "metrics_ms"
+            stem = "metrics" + ("" if args.split == "val" else f"_{args.split}") + (
+                "_ss" if setting == setting.single_scale() else "_ms")
             json_path, _ = metrics.save(run_dir, stem)
             print(metrics.table())
             print(f"saved {json_path}")

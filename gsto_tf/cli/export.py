@@ -19,7 +19,7 @@ from gsto_tf.export import (
 )
 from gsto_tf.checkpoints import CheckpointError, load_checkpoint
 from gsto_tf.layers.resize import resize_bilinear
-from gsto_tf.user_input import parse_size
+from gsto_tf.user_input import int_in, parse_size
 
 
 def add_arguments(parser):
@@ -38,7 +38,8 @@ def add_arguments(parser):
     add_dataset_argument(parser, default=None, help="gives the images for int8 calibration and the parity report "
                          "(default: the built-in synthetic set); when given, the checkpoint must predict its classes")
     parser.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
-    parser.add_argument("--num-images", type=int, default=8, help="images for calibration / parity")
+    parser.add_argument("--num-images", type=int_in(1, 1000), default=8,
+                        help="images for calibration / parity (default: 8)")
     add_fold_batch_norm_argument(parser)
     add_allow_nonfinite_argument(parser)
 
@@ -88,15 +89,17 @@ def main(args):
     except DatasetError as exc:
         raise UsageError(f"export: {exc}") from exc
     try:
-        path = export_tflite(model, args.output, size, args.quantize, overwrite=args.overwrite,
-                             representative_images=images if args.quantize == "int8" else None,
-                             fold_batch_norm=args.fold_batch_norm, allow_nonfinite=args.allow_nonfinite)
+        with native_info_hidden():  # the converter's quantizer settings line
+            path = export_tflite(model, args.output, size, args.quantize, overwrite=args.overwrite,
+                                 representative_images=images if args.quantize == "int8" else None,
+                                 fold_batch_norm=args.fold_batch_norm, allow_nonfinite=args.allow_nonfinite)
     except FileExistsError as exc:
         raise UsageError(str(exc)) from exc
     with native_info_hidden():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate"
         runner = TFLiteRunner(path)
         report = parity_report(model, runner, images, args.quantize)
     shape = "x".join("?" if d is None else str(d) for d in runner.input_shape)
-    print(f"wrote {path} (input {shape}, ops: {', '.join(runner.ops())}; interpreter delegate: {runner.delegate})")
+    print(f"wrote {path} (input {shape}; builtin ops in the file: {', '.join(runner.ops())}; the interpreter runs them "
+          f"{'through the XNNPACK delegate' if runner.delegate == 'xnnpack' else 'with its builtin kernels'})")
     print(report)
     return 0

@@ -8,8 +8,10 @@ from gsto_tf import visualize
 from gsto_tf.checkpoints import CheckpointError, load_checkpoint
 from gsto_tf.cli.common import UsageError, add_allow_nonfinite_argument, add_dataset_argument, dataset_spec
 from gsto_tf.data import build_eval_dataset, resolve_data_dir
+from gsto_tf.data.decode import read_checked
 from gsto_tf.evaluation import Predictor, SegmentationMetrics, test_setting
 from gsto_tf.models import gate_model, inference_model
+from gsto_tf.user_input import int_in
 
 KINDS = ("predictions", "gates", "features", "confusion", "curves")
 
@@ -21,8 +23,10 @@ def add_arguments(parser):
     parser.add_argument("--model", help="model name for .weights.h5 / official checkpoints")
     add_dataset_argument(parser, help="gives the images, classes and palette")
     parser.add_argument("--data-dir", help="dataset root (synthetic: generated into the cache when omitted)")
-    parser.add_argument("--index", type=int, default=0, help="validation image used by gates / features")
-    parser.add_argument("--num", type=int, default=3, help="images in the predictions grid")
+    parser.add_argument("--index", type=int_in(0, 10**9), default=0, help="validation image used by gates / features")
+    parser.add_argument("--num", type=int_in(1, 32), default=3,
+                        help="images in the predictions grid (1..32), drawn over the split")
+    parser.add_argument("--seed", type=int, default=0, help="which images the predictions grid draws (default: 0)")
     parser.add_argument("--opacity", type=float, default=0.5, help="overlay opacity in [0, 1]")
     parser.add_argument("--metrics", help="metrics JSON (confusion)")
     parser.add_argument("--run-dir", help="training run dir (curves)")
@@ -44,9 +48,18 @@ def _models(args, spec):
     return list(zip(labels, models))
 
 
-def _samples(spec, args, count):
-    ds = build_eval_dataset(spec, resolve_data_dir(spec, args.data_dir)).skip(args.index).take(count)
-    return [(s["image"].numpy(), s["label"].numpy()) for s in ds]
+def _samples(spec, args, count=None):
+    """The ``--index``-th validation image, or (``count``) that many drawn over the split with ``--seed``."""
+    data_dir = resolve_data_dir(spec, args.data_dir)
+    if count is None:
+        ds = build_eval_dataset(spec, data_dir).skip(args.index).take(1)
+    else:
+        ds = build_eval_dataset(spec, data_dir, spread=count, seed=args.seed)
+    samples = [(s["image"].numpy(), s["label"].numpy()) for s in read_checked(ds)]  # a bad file: one line naming it
+    if not samples:
+        raise UsageError(f"visualize {args.kind}: --index {args.index} is past the last validation image of "
+                         f"dataset '{spec.name}'")
+    return samples
 
 
 def main(args):
@@ -54,7 +67,10 @@ def main(args):
     if args.kind == "curves":
         if not args.run_dir:
             raise UsageError("visualize curves: --run-dir is required")
-        path = visualize.training_curves(args.run_dir, args.output)
+        try:
+            path = visualize.training_curves(args.run_dir, args.output)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"visualize curves: {exc}") from exc
     elif args.kind == "confusion":
         if not args.metrics:
             raise UsageError("visualize confusion: --metrics path/to/metrics.json is required")
@@ -72,14 +88,14 @@ def main(args):
         path = visualize.prediction_grid(rows, spec, args.output, args.opacity)
     elif args.kind == "gates":
         (_, model), = _models(args, spec)[:1]
-        image, _ = _samples(spec, args, 1)[0]
+        image, _ = _samples(spec, args)[0]
         try:
             gates = gate_model(model)(image[None])
         except ValueError as exc:
             raise UsageError(f"visualize gates: {exc}") from exc
         path = visualize.gate_grid({k: np.asarray(v) for k, v in gates.items()}, image, args.output)
     else:  # features
-        image, _ = _samples(spec, args, 1)[0]
+        image, _ = _samples(spec, args)[0]
         feats = {name: [np.asarray(f) for f in visualize.branch_features(m)(image[None])]
                  for name, m in _models(args, spec)}
         path = visualize.branch_feature_grid(feats, image, args.output)

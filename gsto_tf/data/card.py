@@ -12,7 +12,7 @@ the recipe's keys are checked against the experiment config when a run is config
 
 import os
 
-from gsto_tf.user_input import MAX_YAML_BYTES, YAMLInputError, load_yaml, shorten
+from gsto_tf.user_input import MAX_YAML_BYTES, YAMLInputError, did_you_mean, load_yaml, shorten, size_or_none
 
 IGNORE_LABEL = 255  # the train id of ignored pixels everywhere downstream of the label mapping
 LAYOUTS = ("folders", "list", "cityscapes", "pascal_context", "lip")
@@ -28,7 +28,7 @@ _KEYS = {
     "label_map": "{raw value: train id} (optional; default: value i is class i)",
     "invalid_values_hint": "a sentence added when a label file holds a value that is neither a class nor void",
     "layout": f"one of {', '.join(LAYOUTS)}",
-    "splits": "{split: {images, labels} | {list} , size}",
+    "splits": "{split: {images, labels} | {list} , include, exclude, size}",
     "layout_help": "the expected files, shown when the data is missing (optional)",
     "source": "where to get the data (optional)",
     "flip_pairs": "[[class, class], ...] swapped by a horizontal flip (optional)",
@@ -38,7 +38,9 @@ _KEYS = {
     "evaluation": "{scales, flip, mode, crop_size, stride}: the test setting (optional)",
     "generator": f"one of {', '.join(GENERATORS)}: the data is generated on first use (optional)",
 }
-_SPLIT_KEYS = ("images", "labels", "list", "size")
+_SPLIT_KEYS = ("images", "labels", "list", "include", "exclude", "size")
+# Split keys that take one string or a list of strings (read as a tuple).
+_SPLIT_LIST_KEYS = ("images", "labels", "include", "exclude")
 _EVALUATION_KEYS = ("scales", "flip", "mode", "crop_size", "stride")
 
 
@@ -85,8 +87,10 @@ class _Checker:
         return value
 
     def pair(self, key, value):
+        if isinstance(value, str) and size_or_none(value):  # "HxW", as sizes are written on the command line
+            return size_or_none(value)
         if not isinstance(value, list) or len(value) != 2 or not all(self.is_int(v) and v > 0 for v in value):
-            self.fail(key, f"expected [height, width] (two positive integers), got {shorten(value)}")
+            self.fail(key, f"expected HxW or [height, width] (two positive integers), got {shorten(value)}")
         return tuple(value)
 
 
@@ -157,24 +161,36 @@ def _splits(check, card, layout):
         entry = {} if entry is None else check.mapping(key, entry)
         unknown = sorted(set(entry) - set(_SPLIT_KEYS))
         if unknown:
-            check.fail(f"{key}.{unknown[0]}", f"unknown key; valid: {', '.join(_SPLIT_KEYS)}")
+            check.fail(f"{key}.{unknown[0]}", f"unknown key; {did_you_mean(unknown[0], _SPLIT_KEYS)}valid: "
+                       f"{', '.join(_SPLIT_KEYS)}")
         if "size" in entry:
             check.int_in(f"{key}.size", entry["size"], 1, 10**9)
+        entry = {k: _texts(check, f"{key}.{k}", v) if k in _SPLIT_LIST_KEYS else v for k, v in entry.items()}
         if layout == "folders":
             for part in ("images", "labels"):
                 if part not in entry:
                     check.fail(key, f"the folders layout needs `{part}: FOLDER` (relative to --data-dir)")
-                check.text(f"{key}.{part}", entry[part])
+            if len(entry["images"]) != len(entry["labels"]):
+                check.fail(key, f"{len(entry['images'])} image folders and {len(entry['labels'])} label folders; "
+                           "list them in pairs (images: [a, b], labels: [a_labels, b_labels])")
         elif layout == "list":
             if "list" not in entry:
                 check.fail(key, "the list layout needs `list: FILE` (one 'image_path label_path' pair a line)")
             check.text(f"{key}.list", entry["list"])
-        else:
+        if layout not in ("folders", "list"):
             extra = sorted(set(entry) - {"size"})
             if extra:
                 check.fail(f"{key}.{extra[0]}", f"the {layout} layout finds its files itself; only `size` is read")
         out.append((split, tuple((k, entry[k]) for k in _SPLIT_KEYS if k in entry)))
     return tuple(out)
+
+
+def _texts(check, key, value):
+    """One string or a list of strings -> a tuple of strings."""
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        check.fail(key, "the list is empty")
+    return tuple(check.text(key, v) for v in values)
 
 
 def _instances(check, card, class_names):
@@ -183,7 +199,8 @@ def _instances(check, card, class_names):
     section = check.mapping("instances", card["instances"])
     unknown = sorted(set(section) - {"classes", "categories"})
     if unknown:
-        check.fail(f"instances.{unknown[0]}", "unknown key; valid: classes, categories")
+        check.fail(f"instances.{unknown[0]}", f"unknown key; {did_you_mean(unknown[0], ('classes', 'categories'))}"
+                   "valid: classes, categories")
     classes = tuple((class_names[_class_index(check, "instances.classes", name, class_names)],
                      check.number(f"instances.classes.{name}", size, positive=True))
                     for name, size in check.mapping("instances.classes", section.get("classes", {})).items())
@@ -199,7 +216,8 @@ def _evaluation(check, card):
     section = check.mapping("evaluation", card.get("evaluation", {}))
     unknown = sorted(set(section) - set(_EVALUATION_KEYS))
     if unknown:
-        check.fail(f"evaluation.{unknown[0]}", f"unknown key; valid: {', '.join(_EVALUATION_KEYS)}")
+        check.fail(f"evaluation.{unknown[0]}", f"unknown key; {did_you_mean(unknown[0], _EVALUATION_KEYS)}valid: "
+                   f"{', '.join(_EVALUATION_KEYS)}")
     out = {}
     if "scales" in section:
         scales = check.sequence("evaluation.scales", section["scales"])
@@ -248,7 +266,8 @@ def spec_from_card(card, where, directory=None):
                                f"...), got {type(card).__name__}")
     unknown = sorted(set(card) - set(_KEYS))
     if unknown:
-        raise DatasetCardError(f"dataset card {where}: unknown key {unknown[0]!r}; valid keys: {', '.join(_KEYS)}")
+        raise DatasetCardError(f"dataset card {where}: unknown key {unknown[0]!r}; {did_you_mean(unknown[0], _KEYS)}"
+                               f"valid keys: {', '.join(_KEYS)}")
     for required in ("name", "classes", "layout", "splits"):
         if required not in card:
             check.fail(required, f"missing ({_KEYS[required]})")
@@ -305,8 +324,8 @@ def default_layout_help(layout, splits):
     for split, entry in splits:
         entry = dict(entry)
         if layout == "folders":
-            lines.append(f"{{root}}/{entry['images']}/<stem>.png|.jpg|.jpeg and {{root}}/{entry['labels']}/<stem>.png"
-                         f"   ({split})")
+            lines += [f"{{root}}/{images}/<stem>.png|.jpg|.jpeg and {{root}}/{labels}/<stem>.png   ({split})"
+                      for images, labels in zip(entry["images"], entry["labels"])]
         elif layout == "list":
             lines.append(f"{{root}}/{entry['list']}: one 'image_path label_path' pair a line, paths relative to "
                          f"{{root}}   ({split})")

@@ -1,12 +1,14 @@
 """Finding the (image, label) files of a split on disk, by the card's ``layout``, with errors that show the expected
 files.
 
-``folders``: ``splits.<split>.images`` and ``.labels`` are folders under ``--data-dir``; an image
-(``.png/.jpg/.jpeg``) and its label (``.png``) share their stem. ``list``: ``splits.<split>.list`` is a text file
+``folders``: ``splits.<split>.images`` and ``.labels`` are folders under ``--data-dir`` (or lists of folders, taken
+in pairs); an image (``.png/.jpg/.jpeg``) and its label (``.png``) share their stem. ``list``: ``splits.<split>.list`` is a text file
 under ``--data-dir`` with one ``image_path label_path`` pair a line (paths relative to ``--data-dir``; ``#`` starts
 a comment). ``cityscapes``, ``pascal_context``, ``lip``: the published folder structures of those datasets.
+A folders or list split may keep only the images whose stem matches ``include`` and none of ``exclude``.
 """
 
+import fnmatch
 import glob
 import os
 
@@ -43,18 +45,36 @@ def _split_entry(spec, root, split):
 
 def _folders(spec, root, split):
     entry = _split_entry(spec, root, split)
-    image_dir, label_dir = (os.path.join(root, entry[k]) for k in ("images", "labels"))
-    if not os.path.isdir(image_dir):
-        raise _missing(spec, root, f"image folder of split '{split}' not found: {image_dir}")
-    images = sorted(p for p in glob.glob(os.path.join(image_dir, "*")) if p.lower().endswith(IMAGE_SUFFIXES))
-    stems = {}
-    for image in images:
-        stem = os.path.splitext(os.path.basename(image))[0]
-        if stem in stems:
-            raise DatasetError(f"dataset {describe(spec)}: two images share the stem '{stem}' (their labels would be one "
-                               f"file): {stems[stem]} and {image}")
-        stems[stem] = image
-    return [(image, os.path.join(label_dir, stem + LABEL_SUFFIX)) for stem, image in stems.items()]
+    stems, samples = {}, []
+    for images_part, labels_part in zip(entry["images"], entry["labels"]):
+        image_dir, label_dir = os.path.join(root, images_part), os.path.join(root, labels_part)
+        if not os.path.isdir(image_dir):
+            raise _missing(spec, root, f"image folder of split '{split}' not found: {image_dir}")
+        images = sorted(p for p in glob.glob(os.path.join(image_dir, "*")) if p.lower().endswith(IMAGE_SUFFIXES))
+        for image in images:
+            stem = _stem(image)
+            if stem in stems:
+                raise DatasetError(f"dataset {describe(spec)}: two images share the stem '{stem}' (their labels would "
+                                   f"be one file): {stems[stem]} and {image}")
+            stems[stem] = image
+            samples.append((image, os.path.join(label_dir, stem + LABEL_SUFFIX)))
+    return samples
+
+
+def _stem(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _filtered(entry, samples):
+    """The samples whose image stem matches one of the split's ``include`` patterns (all when none) and none of its
+    ``exclude`` patterns (shell wildcards, e.g. ``0006R0_*``: a hold-out split by video sequence)."""
+    include, exclude = entry.get("include"), entry.get("exclude", ())
+
+    def kept(stem):
+        return ((include is None or any(fnmatch.fnmatchcase(stem, p) for p in include))
+                and not any(fnmatch.fnmatchcase(stem, p) for p in exclude))
+
+    return [s for s in samples if kept(_stem(s[0]))]
 
 
 def _list(spec, root, split):
@@ -143,6 +163,12 @@ def list_samples(dataset, data_dir, split, require_labels=True):
         raise _missing(spec, data_dir, "--data-dir is not set" if data_dir is None
                        else f"data directory not found: {data_dir}")
     samples = _LAYOUTS[spec.layout_kind][0](spec, data_dir, split)
+    entry = spec.split_entry(split) or {}
+    if samples and ("include" in entry or "exclude" in entry):
+        samples = _filtered(entry, samples)
+        if not samples:
+            raise _missing(spec, data_dir, f"no image of split '{split}' is left by its include / exclude patterns "
+                           f"(include: {list(entry.get('include', ['*']))}, exclude: {list(entry.get('exclude', []))})")
     if not samples:
         raise _missing(spec, data_dir, f"no images found for split '{split}'")
     if require_labels:

@@ -157,13 +157,17 @@ def steps_per_epoch(dataset, data_dir, global_batch_size, split="train"):
     return len(list_samples(dataset, resolve_data_dir(dataset, data_dir), split)) // global_batch_size
 
 
-def build_eval_dataset(dataset, data_dir, *, split="val", limit=None):
+def build_eval_dataset(dataset, data_dir, *, split="val", limit=None, spread=None, seed=0):
     """Unbatched ``{"image": float32 [H, W, 3] normalised, "label": int32 [H, W], "path": string}`` at the
-    original resolution."""
+    original resolution. ``limit``: the first N images; ``spread``: N images drawn over the whole split (seeded,
+    in split order), so that samples of a video dataset are not N consecutive frames."""
     spec = get_dataset_spec(dataset)
     samples = list_samples(spec, resolve_data_dir(spec, data_dir), split)
     if limit:
         samples = samples[:limit]
+    if spread is not None and spread < len(samples):
+        picked = np.random.default_rng(seed).choice(len(samples), spread, replace=False)
+        samples = [samples[i] for i in sorted(picked)]
     ds = tf.data.Dataset.from_tensor_slices(([s[0] for s in samples], [s[1] for s in samples]))
 
     @tf.autograph.experimental.do_not_convert

@@ -5,7 +5,6 @@ The resolved config is written to ``<run_dir>/config.yaml``.
 """
 
 import dataclasses
-import difflib
 import math
 import os
 import typing
@@ -14,7 +13,7 @@ from typing import Optional
 import yaml
 
 from gsto_tf.atomic import write_atomically
-from gsto_tf.user_input import YAMLInputError, load_yaml, shorten
+from gsto_tf.user_input import YAMLInputError, did_you_mean, load_yaml, shorten, size_or_none
 
 # tf.distribute strategies by name, made by gsto_tf.training.distribute.make_strategy (`--strategy`, train.strategy).
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
@@ -34,6 +33,10 @@ class DataConfig:
     scale_range: Optional[list] = None  # [lo, hi]; None = the card's default
     base_size: Optional[int] = None  # long side at scale 1; None = the card's default (none: the image's own)
     photometric: bool = False
+    # Splits of the card to train on and to evaluate on during and after training (e.g. a split held out by
+    # video sequence for tuning, or train + val for a final run).
+    train_split: str = "train"
+    val_split: str = "val"
 
 
 @dataclasses.dataclass
@@ -102,14 +105,16 @@ CARD_RECIPE_DEFAULTS = {"train": {"epochs": 100}}
 def _merge(config, overrides, where):
     for section, values in overrides.items():
         if not hasattr(config, section) or not dataclasses.is_dataclass(getattr(config, section)):
-            raise ConfigError(f"{where}: unknown config section {section!r}; valid: data, model, train, eval")
+            raise ConfigError(f"{where}: unknown config section {section!r}; "
+                              f"{did_you_mean(section, ('data', 'model', 'train', 'eval'))}valid: data, model, train, eval")
         target = getattr(config, section)
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: section {section!r} must be a mapping, got {shorten(values)}")
         names = {f.name for f in dataclasses.fields(target)}
         for key, value in values.items():
             if key not in names:
-                raise ConfigError(f"{where}: unknown key {section}.{key}; valid: {sorted(names)}")
+                raise ConfigError(f"{where}: unknown key {section}.{key}; {did_you_mean(key, names)}valid: "
+                                  f"{sorted(names)}")
             current = getattr(target, key)
             if isinstance(current, dict):
                 # Mapping fields (model.options) merge key by key, so a later source changes one option only.
@@ -253,6 +258,12 @@ def validate_config(config):
     Raises :class:`ConfigError` naming every offending key, before anything is built or written.
     """
     problems = []
+    if isinstance(config.data.crop_size, str):  # "HxW", as sizes are written on the command line
+        size = size_or_none(config.data.crop_size)
+        if size is None:
+            raise ConfigError(f"data.crop_size must be HxW or [h, w] (positive integers), got "
+                              f"{shorten(config.data.crop_size)}")
+        config.data.crop_size = list(size)
     for section in dataclasses.fields(config):
         target = getattr(config, section.name)
         hints = typing.get_type_hints(type(target))
@@ -275,8 +286,7 @@ def validate_config(config):
     from gsto_tf.models import available_models
 
     if config.model.name not in available_models():
-        close = difflib.get_close_matches(config.model.name, available_models(), n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
+        hint = did_you_mean(config.model.name, available_models())
         problems.append(f"model.name: unknown model {shorten(config.model.name)}; {hint}`counts --all` lists every name")
     if config.model.pretrained is not None and not os.path.isfile(config.model.pretrained):
         problems.append(f"model.pretrained: file not found: {config.model.pretrained}")

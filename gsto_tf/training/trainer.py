@@ -18,7 +18,14 @@ import tensorflow as tf
 
 from gsto_tf.atomic import storage_errors
 from gsto_tf.checkpoints import load_torch_weights
-from gsto_tf.data import build_eval_dataset, build_train_dataset, get_dataset_spec, list_samples, resolve_data_dir
+from gsto_tf.data import (
+    augmentation,
+    build_eval_dataset,
+    build_train_dataset,
+    get_dataset_spec,
+    list_samples,
+    resolve_data_dir,
+)
 from gsto_tf.data.decode import reading_data
 from gsto_tf.evaluation import evaluate, test_setting
 from gsto_tf.keras_internals import build_compiled_loss
@@ -172,12 +179,18 @@ class _Plan:
         return self.total_steps // self.chunk
 
 
-def _plan(config, run_dir):
+def _plan(config, run_dir, evaluates):
     """Check the configuration and the data; seed, dtype policy and strategy. Writes nothing."""
     validate_config(config)
     spec = get_dataset_spec(config.data.dataset)
+    # The saved config.yaml shows the augmentation the run uses, not nulls that mean "the card's or the default".
+    crop, scales, base = augmentation(spec, config.data.crop_size, config.data.scale_range, config.data.base_size)
+    config.data.crop_size, config.data.scale_range = list(crop), list(scales)
+    config.data.base_size = None if base is None else int(base)
     data_dir = resolve_data_dir(spec, config.data.data_dir)
-    samples = list_samples(spec, data_dir, "train")  # fails here, with the expected layout, if data is missing
+    samples = list_samples(spec, data_dir, config.data.train_split)  # fails here, naming the layout, if data is missing
+    if evaluates:  # a missing evaluation split fails before training, not after it
+        list_samples(spec, data_dir, config.data.val_split)
 
     keras.utils.set_random_seed(config.train.seed)
     if config.train.mixed_precision:
@@ -220,7 +233,8 @@ def _train_batches(config, plan, start_step):
     return build_train_dataset(plan.spec, plan.data_dir, global_batch_size=config.train.global_batch_size,
                                seed=config.train.seed, crop_size=config.data.crop_size,
                                scale_range=config.data.scale_range, base_size=config.data.base_size,
-                               photometric=config.data.photometric, start_step=start_step)
+                               photometric=config.data.photometric, start_step=start_step,
+                               split=config.data.train_split)
 
 
 def _evaluation(config, plan, verbose):
@@ -229,7 +243,7 @@ def _evaluation(config, plan, verbose):
     batches = config.eval.precise_bn_batches
 
     def run_eval(m):
-        return evaluate(inference_model(m), build_eval_dataset(plan.spec, plan.data_dir), plan.spec,
+        return evaluate(inference_model(m), build_eval_dataset(plan.spec, plan.data_dir, split=config.data.val_split), plan.spec,
                         setting=setting, limit=config.eval.limit, progress=verbose > 0)
 
     if not batches:
@@ -261,7 +275,7 @@ def train(config, run_dir, evaluate_at_end=True, verbose=1):
     claim_run_dir`); a different one is refused before anything is written.
     """
     start = time.time()
-    plan = _plan(config, run_dir)
+    plan = _plan(config, run_dir, evaluate_at_end or config.train.eval_every > 0)
     model = _compiled_model(config, plan)
     # Claimed last: nothing is written for a run that cannot start (bad data, options the model refuses).
     with claim_run_dir(run_dir, config):

@@ -5,9 +5,11 @@ from gsto_tf.visualize.figures import (
     branch_feature_grid,
     confusion_plot,
     gate_grid,
+    gate_value_range,
     prediction_grid,
     training_curves,
 )
 
-__all__ = ["branch_feature_grid", "branch_features", "confusion_plot", "gate_grid", "prediction_grid",
+__all__ = ["branch_feature_grid", "branch_features", "confusion_plot", "gate_grid", "gate_value_range",
+           "prediction_grid",
            "training_curves"]

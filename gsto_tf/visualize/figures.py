@@ -52,10 +52,17 @@ def _legend(fig, spec):
 _FUSION = re.compile(r"stage(\d+)\.(\d+)\.att_layers\.(\d+)\.(\d+)$")
 
 
+def gate_value_range(maps):
+    """The colour range of gate maps: (0.5, 1) when every value is at least 0.5, as the official gates'
+    ``1 + sigmoid`` halved always are, so the colours use the whole scale; (0, 1) otherwise (the paper's gate)."""
+    return (0.5, 1.0) if all(float(np.min(m)) >= 0.5 for m in maps) else (0.0, 1.0)
+
+
 def gate_grid(gates, image, path):
     """Every gate map of a GSTO model on one image (``gates``: name -> [1, h, w, 1], e.g. from
     :func:`gsto_tf.models.gate_model`). Fusion gates are titled by module and source -> target branch."""
     names = list(gates)
+    low, high = gate_value_range([np.asarray(gates[n]) for n in names])
     cols = 6
     rows = int(np.ceil((len(names) + 1) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.0 * rows), squeeze=False)
@@ -66,7 +73,7 @@ def gate_grid(gates, image, path):
         g = np.asarray(gates[name])[0, ..., 0]
         m = _FUSION.search(name)
         title = (f"s{m.group(1)}.{m.group(2)}: {m.group(4)}->{m.group(3)}" if m else name)
-        im = ax.imshow(g, cmap="magma", vmin=0.0, vmax=1.0)
+        im = ax.imshow(g, cmap="magma", vmin=low, vmax=high)
         ax.set_title(f"{title} [{g.min():.2f},{g.max():.2f}]", fontsize=7)
     for ax in axes:
         ax.axis("off")
@@ -112,28 +119,38 @@ def confusion_plot(metrics, path):
 
 
 def training_curves(run_dir, path):
-    """Losses and learning rate from ``run_dir/history.csv`` (one row per backup chunk)."""
+    """Losses, learning rate and validation mIoU against the step, from ``run_dir/history.csv`` (the file training
+    writes: one row per backup chunk, columns ``chunk``, ``step``, the losses, ``lr``, and ``val_miou`` in the rows
+    of chunks that ended with an evaluation)."""
     history = os.path.join(run_dir, "history.csv")
     if not os.path.isfile(history):
         raise FileNotFoundError(f"no history.csv in run dir {run_dir}")
-    with open(history) as f:
+    with open(history, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{history} is empty")
-    x = [int(r["epoch"]) + 1 for r in rows]
-    def numeric(key):
-        return all(r.get(key) not in (None, "", "NA") for r in rows)
+    if "step" not in rows[0]:
+        raise ValueError(f"{history}: no 'step' column (columns: {', '.join(rows[0])}); expected the history.csv "
+                         "of a gsto-tf training run")
 
-    loss_keys = [k for k in rows[0] if k.endswith("loss") and numeric(k)]  # CSVLogger pads absent val_* with NA
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.5), gridspec_kw={"wspace": 0.3})
-    for key in loss_keys:
-        a.plot(x, [float(r[key]) for r in rows], label=key, marker="o", ms=3)
-    a.set_xlabel("backup chunk")
-    a.set_ylabel("loss")
-    a.legend(fontsize=7)
-    if "lr" in rows[0] and numeric("lr"):
-        b.plot(x, [float(r["lr"]) for r in rows], color="tab:red")
-    b.set_xlabel("backup chunk")
-    b.set_ylabel("learning rate")
+    def series(key):  # (steps, values) of the rows that have a number in this column
+        points = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "", "NA")]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    loss_keys = [k for k in rows[0] if k.endswith("loss") and series(k)[0]]
+    panels = [("loss", loss_keys), ("learning rate", ["lr"] if series("lr")[0] else []),
+              ("val mIoU (%)", ["val_miou"] if "val_miou" in rows[0] and series("val_miou")[0] else [])]
+    panels = [p for p in panels if p[1]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.5), squeeze=False,
+                             gridspec_kw={"wspace": 0.3})
+    for ax, (ylabel, keys) in zip(axes[0], panels):
+        for key in keys:
+            steps, values = series(key)
+            scale = 100.0 if key == "val_miou" else 1.0
+            ax.plot(steps, [scale * v for v in values], label=key, marker="o", ms=3)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)), fontsize=9)
     return _save(fig, path)
