@@ -14,14 +14,26 @@ def format_table(rows, columns=None):
     return "\n".join(lines)
 
 
+def csv_cell(value):
+    """A text cell a spreadsheet shows as text: one starting with ``= + - @`` (or a tab / carriage return) that is
+    not a number would be run as a formula (a class named ``=HYPERLINK(...)``), so it gets a leading ``'``."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        try:
+            float(value)
+        except ValueError:
+            return "'" + value
+    return value
+
+
 def write_csv(rows, path, columns=None):
-    """Write rows to ``path`` through a temp file + rename (a reader never sees half a file)."""
+    """Write rows to ``path`` through a temp file + rename (a reader never sees half a file); text cells through
+    :func:`csv_cell`."""
 
     def write(tmp):
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(columns or rows[0]), extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
 
     return write_atomically(path, write)
 

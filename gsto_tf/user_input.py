@@ -18,12 +18,56 @@ class YAMLInputError(ValueError):
     """User YAML that cannot be read; the message is one line, and names the source."""
 
 
+MAX_YAML_DEPTH = 32  # nesting of mappings and lists; the deepest card or config is 4 levels
+MAX_INT_DIGITS = 30  # integer literals; any real count, size or seed has far fewer digits
+
+
 class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without aliases, duplicate keys, nesting deeper than MAX_YAML_DEPTH or integers longer than
+    MAX_INT_DIGITS digits (Python refuses to read 4300 and more)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", event.start_mark)
+        if self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
+            self._depth += 1
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep",
+                                                  self.peek_event().start_mark)
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"key {shorten(key)} given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node):
+        digits = sum(c.isdigit() for c in str(node.value))
+        if digits > MAX_INT_DIGITS:
+            raise yaml.constructor.ConstructorError(None, None, f"an integer of {digits} digits (at most "
+                                                    f"{MAX_INT_DIGITS})", node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:int", _NoAliasLoader.construct_yaml_int)
 
 
 def clip(text, limit=300):
@@ -92,4 +136,14 @@ def did_you_mean(word, choices):
     """``"did you mean X? "`` naming the choices closest to a mistyped ``word``, or ``""``."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=3)
     return f"did you mean {' or '.join(close)}? " if close else ""
+
+
+def not_utf8(path):
+    """True when ``path`` holds bytes that are not UTF-8 (Python keeps them as surrogate escapes, which TensorFlow's
+    string tensors cannot hold)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 

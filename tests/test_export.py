@@ -167,7 +167,8 @@ def test_tflite_fp32_and_fp16_parity_builtins_only(model, tmp_path):
     # uint8 RGB is normalised as the training data was, never run raw
     raw = _images(1, 64, 96, seed=4)[0]
     np.testing.assert_array_equal(runner(raw), runner(normalize_image(raw).numpy()))
-    assert not np.allclose(runner(raw), runner(raw.astype(np.float32)))
+    with pytest.raises(ValueError, match=r"a float image must be normalised .* pass 0-255 pixels as uint8"):
+        runner(raw.astype(np.float32))  # 0-255 floats: refused, not run as if normalised
     with pytest.raises(ValueError, match=r"image of dtype int32; pass uint8 RGB .* or float32 normalised"):
         runner(raw.astype(np.int32))
 
@@ -257,3 +258,11 @@ def test_quantize_is_refused_for_a_saved_model(tmp_path, capsys):
                  "--output", str(tmp_path / "sm")]) == 2
     assert "--quantize int8 is for --format tflite" in capsys.readouterr().err
     assert not (tmp_path / "sm").exists()
+
+
+def test_serving_normalized_refuses_nan_and_unnormalised_values(saved_model_dir):
+    fn = tf.saved_model.load(saved_model_dir).signatures["serving_normalized"]
+    assert tuple(fn(images=tf.fill((1, 8, 8, 3), 2.5))["labels"].shape) == (1, 8, 8)  # within the normalised range
+    for bad in (float("nan"), float("inf"), 128.0):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="serving_normalized takes normalised images"):
+            fn(images=tf.fill((1, 8, 8, 3), bad))

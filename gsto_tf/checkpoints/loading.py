@@ -11,13 +11,21 @@ import numpy as np
 
 from gsto_tf.checkpoints.key_mapping import load_torch_weights
 from gsto_tf.checkpoints.torch_reader import CheckpointError, read_state_dict
+from gsto_tf.checkpoints.zoo import resolve_checkpoint, zoo_names
 from gsto_tf.models.factory import available_models, build, inference_model
 
 
 def nonfinite_weights(model):
-    """Paths of ``model``'s weights that hold a NaN or an infinity (a diverged run, a damaged file)."""
-    return [w.path for w in model.weights
-            if w.dtype.startswith(("float", "bfloat")) and not np.all(np.isfinite(keras.ops.convert_to_numpy(w)))]
+    """Paths of ``model``'s weights that hold a NaN or an infinity (a diverged run, a damaged file), or a negative
+    BatchNorm moving variance (a damaged or crafted file: the normalisation takes its square root)."""
+    bad = []
+    for w in model.weights:
+        if not w.dtype.startswith(("float", "bfloat")):
+            continue
+        value = keras.ops.convert_to_numpy(w)
+        if not np.all(np.isfinite(value)) or (w.path.endswith("moving_variance") and np.any(value < 0)):
+            bad.append(w.path)
+    return bad
 
 
 def check_finite(model, source, allow_nonfinite=False):
@@ -28,7 +36,8 @@ def check_finite(model, source, allow_nonfinite=False):
     bad = nonfinite_weights(model)
     if bad:
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-        raise CheckpointError(f"{source}: weights hold NaN or Inf ({bad[0]}{more}; a training run that diverged?); "
+        raise CheckpointError(f"{source}: weights hold NaN or Inf, or a negative BatchNorm variance ({bad[0]}{more}; "
+                              "a training run that diverged, or a damaged file?); "
                               "pass --allow-nonfinite (allow_nonfinite=True) to use them anyway")
 
 
@@ -84,7 +93,8 @@ def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, 
     :class:`CheckpointError` naming both numbers (``classes_of`` names their source in the message, e.g.
     ``"dataset 'lip'"``).
 
-    * ``.keras``: a full saved model (``model`` / ``name`` not needed);
+    * ``.keras``: a full saved model (``model`` / ``name`` not needed); a zoo name (``gsto-tf zoo`` lists them) is
+      its shipped ``.keras`` file;
     * ``.weights.h5``: Keras weights into ``model`` or into ``build(name, num_classes, **build_options)``;
     * ``.pth`` / ``.npz``: an official PyTorch state dict, converted on the fly into ``model`` or
       ``build(name, num_classes)`` (``num_classes`` is read from the head when not given, and so is what
@@ -94,9 +104,10 @@ def load_checkpoint(path, model=None, name=None, num_classes=None, strict=True, 
 
     Weights that hold NaN or Inf raise :class:`CheckpointError` unless ``allow_nonfinite``.
     """
+    path = resolve_checkpoint(path)
     model, report = _load_checkpoint(path, model, name, num_classes, strict, backbone_only, classes_of,
                                      build_options)
-    check_finite(model, os.fspath(path), allow_nonfinite)
+    check_finite(model, path, allow_nonfinite)
     return model, report
 
 
@@ -105,7 +116,11 @@ def _load_checkpoint(path, model, name, num_classes, strict, backbone_only, clas
     available_models()
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path} (neither a file nor a zoo model: "
+                              f"{', '.join(zoo_names()) or 'none shipped'})")
+    if not os.path.isfile(path):  # a FIFO would block the reader, a device (/dev/zero) never end
+        raise CheckpointError(f"{path}: not a regular file (a checkpoint is a file; this is a folder, a device or "
+                              "a pipe)")
     if path.endswith(".keras"):
         if not zipfile.is_zipfile(path):
             raise CheckpointError(f"{path}: not a Keras archive (a .keras file is a zip archive; this one is damaged "
@@ -142,3 +157,29 @@ def _load_checkpoint(path, model, name, num_classes, strict, backbone_only, clas
         report = load_torch_weights(model, state, strict=strict, backbone_only=backbone_only, source=path)
         return model, report
     raise CheckpointError(f"{path}: unknown checkpoint format; expected .keras, .weights.h5, .pth or .npz.")
+
+
+def load_pretrained(model, source):
+    """Initialise ``model`` for training from ``source`` and return a summary line. ``source``: an official ImageNet
+    trunk (``.pth`` / ``.npz``: its backbone keys, :func:`load_torch_weights` with ``backbone_only``), or a model
+    trained here (a ``.keras`` file or a zoo name: every weight whose path and shape match, so a head for another
+    class count stays initialised)."""
+    source = resolve_checkpoint(source)
+    if not source.endswith(".keras"):
+        return load_torch_weights(model, source, backbone_only=True).summary()
+    trained, _ = load_checkpoint(source)
+    theirs = {w.path: w for w in trained.weights}
+    skipped = []
+    for weight in model.weights:
+        found = theirs.get(weight.path)
+        if found is not None and tuple(found.shape) == tuple(weight.shape):
+            weight.assign(keras.ops.cast(found, weight.dtype))
+        else:
+            skipped.append(weight.path)
+    if len(skipped) == len(model.weights):
+        raise CheckpointError(f"{source}: no weight of model '{trained.name}' fits model '{model.name}' (another "
+                              "architecture); a pretrained .keras must be the same model")
+    kept = f"; left initialised: {', '.join(skipped[:8])}" + (f" and {len(skipped) - 8} more" if len(skipped) > 8
+                                                              else "") if skipped else ""
+    return f"{source}: loaded {len(model.weights) - len(skipped)} of {len(model.weights)} weights{kept}"
+

@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "counts": ("gsto_tf.cli.counts", "print params / GFLOPs of models next to the paper's numbers"),
     "data": ("gsto_tf.cli.data", "dataset tools: verify, stats, browse, prepare"),
     "visualize": ("gsto_tf.cli.visualize", "figures: predictions, gate maps, feature maps, curves"),
+    "zoo": ("gsto_tf.cli.zoo", "list the models trained here (usable by name as --checkpoint) with their scores"),
 }
 
 # Options of the whole command line, accepted anywhere on it: they are read before the parsers exist, because the
@@ -72,6 +73,7 @@ class _TopLevelParser(ArgumentParser):
 
 def catalogue(prog):
     """The datasets and models the commands accept, for the top-level ``--help``."""
+    from gsto_tf.checkpoints import zoo_names
     from gsto_tf.data import available_datasets
     from gsto_tf.models import available_models
 
@@ -88,6 +90,8 @@ def catalogue(prog):
         "checks one on disk):", wrap(", ".join(available_datasets())), "",
         f"models (--model; every name: `{prog} --list-models`; params / GFLOPs: `{prog} counts --all`):",
         *map(wrap, models), "",
+        f"trained models, usable by name wherever a checkpoint goes (`{prog} zoo` shows their scores):",
+        wrap(", ".join(zoo_names()) or "none"), "",
         f"`{prog} COMMAND --help` gives a command's options. {VERBOSE} and {DEBUG} may stand anywhere on the line; "
         f"{DEBUG_ENV}=1 is the same as {DEBUG}.",
     ])

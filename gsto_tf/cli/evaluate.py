@@ -15,7 +15,7 @@ from gsto_tf.cli.common import (
 )
 from gsto_tf.data import DatasetError, build_eval_dataset, resolve_data_dir
 from gsto_tf.evaluation import evaluate, test_setting
-from gsto_tf.images import save_png
+from gsto_tf.images import inference_problem, save_png
 from gsto_tf.models import inference_model
 from gsto_tf.user_input import int_in, parse_size
 
@@ -59,6 +59,10 @@ def _setting(args, spec):
     setting = dataclasses.replace(base, **changes)
     if setting.mode == "slide" and not setting.crop_size:
         raise UsageError("--mode slide needs --crop-size HxW")
+    problem = inference_problem(setting.scales, setting.crop_size if setting.mode == "slide" else None,
+                                setting.stride if setting.mode == "slide" else None)
+    if problem:
+        raise UsageError(f"eval: --scales / --crop-size: {problem}")
     return setting
 
 

@@ -24,7 +24,8 @@ def add_arguments(parser):
     parser.add_argument("--mixed-precision", choices=MIXED_PRECISION_POLICIES,
                         help="Keras mixed-precision policy (default: float32); bf16 pays only on CPUs with bf16 "
                         "instructions (docs/precision.md)")
-    parser.add_argument("--pretrained", help="official ImageNet HRNet checkpoint (.pth/.npz), backbone keys only")
+    parser.add_argument("--pretrained", help="official ImageNet HRNet checkpoint (.pth/.npz, backbone keys), or a "
+                        "model trained here to fine-tune (.keras or a zoo name)")
     parser.add_argument("--seed", type=int, help="seed of initialisation, data order and augmentation (default 0)")
     parser.add_argument("--ss", action="store_true", help="evaluate single-scale only")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")

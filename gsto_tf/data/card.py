@@ -10,8 +10,11 @@ the recipe's keys are checked against the experiment config when a run is config
 (:func:`gsto_tf.training.config.make_config`), with the card named as their source.
 """
 
+import math
 import os
+import re
 
+from gsto_tf.images import inference_problem
 from gsto_tf.user_input import MAX_YAML_BYTES, YAMLInputError, did_you_mean, load_yaml, shorten, size_or_none
 
 IGNORE_LABEL = 255  # the train id of ignored pixels everywhere downstream of the label mapping
@@ -44,6 +47,11 @@ _SPLIT_LIST_KEYS = ("images", "labels", "include", "exclude")
 _EVALUATION_KEYS = ("scales", "flip", "mode", "crop_size", "stride")
 
 
+# A dataset's name becomes part of run folder names (runs/<name>-<model>-<time>): no path separators, no "..", no
+# control characters or terminal escapes.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
 class DatasetCardError(ValueError):
     """A dataset card is missing, unreadable or holds a wrong value; the message names the card and the key."""
 
@@ -67,8 +75,9 @@ class _Checker:
         return value
 
     def number(self, key, value, positive=False):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and not value > 0):
-            self.fail(key, f"expected a {'positive ' if positive else ''}number, got {shorten(value)}")
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        if not ok or (positive and not value > 0):
+            self.fail(key, f"expected a finite {'positive ' if positive else ''}number, got {shorten(value)}")
         return float(value)
 
     def text(self, key, value):
@@ -166,6 +175,13 @@ def _splits(check, card, layout):
         if "size" in entry:
             check.int_in(f"{key}.size", entry["size"], 1, 10**9)
         entry = {k: _texts(check, f"{key}.{k}", v) if k in _SPLIT_LIST_KEYS else v for k, v in entry.items()}
+        paths = [(part, path) for part in ("images", "labels") for path in entry.get(part, ())]
+        if isinstance(entry.get("list"), str):
+            paths.append(("list", entry["list"]))
+        for part, path in paths:  # a card names files under --data-dir, never elsewhere
+            if os.path.isabs(path) or os.path.normpath(path).split(os.sep)[0] == "..":
+                check.fail(f"{key}.{part}", f"expected a path inside --data-dir (relative, no '..' above it), got "
+                           f"{shorten(path)}")
         if layout == "folders":
             for part in ("images", "labels"):
                 if part not in entry:
@@ -240,6 +256,9 @@ def _evaluation(check, card):
             out["stride"] = check.pair("evaluation.stride", section["stride"])
     elif "crop_size" in section or "stride" in section:
         check.fail("evaluation.crop_size", "a window (crop_size / stride) is only read in slide mode")
+    problem = inference_problem(out.get("scales"), out.get("crop_size"), out.get("stride"))
+    if problem:
+        check.fail("evaluation", problem)
     return tuple(out.items())
 
 
@@ -272,6 +291,9 @@ def spec_from_card(card, where, directory=None):
         if required not in card:
             check.fail(required, f"missing ({_KEYS[required]})")
     name = check.text("name", card["name"])
+    if not _PLAIN_NAME.fullmatch(name):
+        check.fail("name", f"expected a plain name (letters, digits, '_', '-', '.'; at most 64, not starting with "
+                   f"'.' or '-'): it names run folders and files; got {shorten(name)}")
     class_names = _classes(check, card)
     layout = card["layout"]
     if layout not in LAYOUTS:

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from gsto_tf.data.layouts import DatasetError
+from gsto_tf.images import MAX_IMAGE_PIXELS
 
 ERROR_MARK = "gsto_tf data error"
 
@@ -77,10 +78,23 @@ def _join(*parts):
                             for p in map(tf.convert_to_tensor, parts)])
 
 
+def _png_size(head):
+    """(height, width) int64 from the IHDR chunk of a PNG's first 24 bytes."""
+    value = tf.cast(head[16:24], tf.int64) * tf.constant([1 << 24, 1 << 16, 1 << 8, 1] * 2, tf.int64)
+    return tf.reduce_sum(value[4:]), tf.reduce_sum(value[:4])
+
+
+def _size_check(height, width, path):
+    """An Assert op refusing an image of more than MAX_IMAGE_PIXELS pixels, before it is decoded."""
+    return _check(height * width > MAX_IMAGE_PIXELS, lambda: _join(
+        path, ": ", width, "x", height, f" image; at most {MAX_IMAGE_PIXELS // 1_000_000} megapixels are read "
+        "(resize it first)"))
+
+
 def decode_image(data, path):
-    """Encoded image bytes -> uint8 ``[H, W, 3]``; a file that is not an image or is truncated fails naming
-    ``path``."""
-    head = _head(data, 8)
+    """Encoded image bytes -> uint8 ``[H, W, 3]``; a file that is not an image, is truncated or has more than
+    MAX_IMAGE_PIXELS pixels fails naming ``path``."""
+    head = _head(data, 24)
     is_png, is_jpeg = _starts_with(head, _PNG_SIGNATURE), _starts_with(head, _IMAGE_SIGNATURES[1])
     known = tf.reduce_any(tf.stack([_starts_with(head, s) for s in _IMAGE_SIGNATURES]))
     empty = tf.equal(tf.strings.length(data), 0)
@@ -91,9 +105,16 @@ def decode_image(data, path):
                                   tf.logical_and(is_jpeg, tf.logical_not(_ends_with_marker(data, _JPEG_END))))
         checks.append(_check(truncated, lambda: _join(
             path, ": truncated image (no ", tf.where(is_png, "PNG IEND chunk", "JPEG end marker"), " at its end)")))
+    with tf.control_dependencies(checks):  # PNG and JPEG sizes from their headers; BMP and GIF after decoding
+        height, width = tf.cond(is_png, lambda: _png_size(head), lambda: tf.cond(
+            is_jpeg, lambda: tuple(tf.unstack(tf.image.extract_jpeg_shape(data, tf.int64)[:2])),
+            lambda: (tf.constant(0, tf.int64), tf.constant(0, tf.int64))))
+        checks.append(_size_check(height, width, path))
     with tf.control_dependencies(checks):
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    return tf.ensure_shape(image, [None, None, 3])
+    shape = tf.shape(image, out_type=tf.int64)
+    with tf.control_dependencies([_size_check(shape[0], shape[1], path)]):
+        return tf.ensure_shape(tf.identity(image), [None, None, 3])
 
 
 def _label_format(head, empty):
@@ -141,6 +162,7 @@ def decode_label(data, path):
     with tf.control_dependencies(checks):
         checks.append(_check(tf.logical_not(_ends_with_marker(data, _PNG_END)),
                              lambda: _join(path, ": truncated label PNG (no IEND chunk at its end)")))
+        checks.append(_size_check(*_png_size(head), path))
     with tf.control_dependencies(checks):
         depth = tf.cast(head[24], tf.int32)
         label = tf.cond(tf.equal(tf.cast(head[25], tf.int32), _PALETTE),
@@ -199,26 +221,47 @@ def dataset_error(exc):
     if found:
         return DatasetError(found.group(1))
     if isinstance(exc, tf.errors.OpError) and ("IteratorGetNext" in message or "Iterator::" in message):
-        text = message.split("\n\t [[", 1)[0]
-        for noise in _TF_NOISE:
-            text = noise.sub("", text)
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        detail = lines[-1] if lines else type(exc).__name__
-        return DatasetError(f"reading the dataset failed: {detail} (the decoder does not say which file; "
+        return DatasetError(f"reading the dataset failed: {_reason(exc)} (the decoder does not say which file; "
                             "`gsto-tf data verify` checks every file and names the bad ones)")
     return None
 
 
+def _reason(exc):
+    """The decoder's own sentence in a TensorFlow error (e.g. libjpeg's "Invalid JPEG data"), without the graph
+    execution preamble, the node names and the stack."""
+    text = getattr(exc, "message", str(exc)).split("\n\t [[", 1)[0]
+    for noise in _TF_NOISE:
+        text = noise.sub("", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(" ")]
+    lines = [line for line in lines if not line.startswith(("Graph execution error", "Detected at node"))]
+    return lines[-1].rstrip(". ") if lines else type(exc).__name__
+
+
 @contextlib.contextmanager
-def reading_data():
-    """Turn TensorFlow errors raised while reading data inside the block into one-line DatasetErrors."""
+def reading_data(samples=None):
+    """Turn TensorFlow errors raised while reading data inside the block into one-line DatasetErrors. When the
+    decoder's error names no file and ``samples`` (the ``(image, label)`` paths being read) are given, they are
+    decoded one by one to find the file, and the error names it."""
     try:
         yield
     except tf.errors.OpError as exc:
         converted = dataset_error(exc)
         if converted is None:
             raise
+        if samples and not _ASSERT_MESSAGE.search(getattr(exc, "message", str(exc))):
+            converted = _first_bad_file(samples) or converted
         raise converted from None
+
+
+def _first_bad_file(samples):
+    """The DatasetError of the first image or label in ``samples`` that does not decode, or None."""
+    for image, label in samples:
+        for read, path in ((read_image_file, image), (read_label_file, label)):
+            try:
+                read(path)
+            except DatasetError as exc:
+                return exc
+    return None
 
 
 def read_checked(dataset):
@@ -253,8 +296,7 @@ def _eager(fn, path, *args):
         converted = dataset_error(exc)
         if converted is not None:
             raise converted from None
-        detail = getattr(exc, "message", str(exc)).split("\n")[0]
-        raise DatasetError(f"{path}: undecodable ({detail})") from None
+        raise DatasetError(f"{path}: undecodable ({_reason(exc)})") from None
 
 
 def read_image_file(path):

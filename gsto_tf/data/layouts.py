@@ -11,8 +11,10 @@ A folders or list split may keep only the images whose stem matches ``include`` 
 import fnmatch
 import glob
 import os
+import shlex
 
 from gsto_tf.data.registry import CARDS_DIR, get_dataset_spec
+from gsto_tf.user_input import not_utf8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LABEL_SUFFIX = ".png"
@@ -51,13 +53,17 @@ def _folders(spec, root, split):
         if not os.path.isdir(image_dir):
             raise _missing(spec, root, f"image folder of split '{split}' not found: {image_dir}")
         images = sorted(p for p in glob.glob(os.path.join(image_dir, "*")) if p.lower().endswith(IMAGE_SUFFIXES))
+        labels = set(os.listdir(label_dir)) if os.path.isdir(label_dir) else set()
         for image in images:
             stem = _stem(image)
             if stem in stems:
                 raise DatasetError(f"dataset {describe(spec)}: two images share the stem '{stem}' (their labels would "
                                    f"be one file): {stems[stem]} and {image}")
             stems[stem] = image
-            samples.append((image, os.path.join(label_dir, stem + LABEL_SUFFIX)))
+            # the label's suffix in either case, as images' (.PNG from cameras and Windows tools)
+            label = next((stem + suffix for suffix in (LABEL_SUFFIX, LABEL_SUFFIX.upper()) if stem + suffix in labels),
+                         stem + LABEL_SUFFIX)
+            samples.append((image, os.path.join(label_dir, label)))
     return samples
 
 
@@ -83,16 +89,23 @@ def _list(spec, root, split):
     if not os.path.isfile(list_file):
         raise _missing(spec, root, f"list file of split '{split}' not found: {list_file}")
     samples = []
-    with open(list_file, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            parts = line.split()
-            if len(parts) != 2:
-                raise DatasetError(f"{list_file}, line {number}: expected 'image_path label_path' (two paths "
-                                   f"separated by whitespace), got {line[:120]!r}")
-            samples.append(tuple(os.path.join(root, p) for p in parts))
+    try:
+        with open(list_file, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first path
+            lines = f.readlines()
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{list_file}: not UTF-8 text (byte {exc.start}); save the list as UTF-8") from None
+    for number, line in enumerate(lines, 1):
+        try:  # shell quoting: "a name with spaces.png" or 'a#b.png'; # outside quotes starts a comment
+            parts = shlex.split(line, comments=True)
+        except ValueError as exc:
+            raise DatasetError(f"{list_file}, line {number}: {exc} in {line.strip()[:120]!r}") from None
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise DatasetError(f"{list_file}, line {number}: expected 'image_path label_path' (two paths "
+                               f"separated by whitespace; quote a path that holds spaces or #), got "
+                               f"{line.strip()[:120]!r}")
+        samples.append(tuple(os.path.join(root, p) for p in parts))
     return samples
 
 
@@ -171,6 +184,11 @@ def list_samples(dataset, data_dir, split, require_labels=True):
                            f"(include: {list(entry.get('include', ['*']))}, exclude: {list(entry.get('exclude', []))})")
     if not samples:
         raise _missing(spec, data_dir, f"no images found for split '{split}'")
+    for pair in samples:
+        for path in pair:
+            if not_utf8(path):
+                raise DatasetError(f"dataset {describe(spec)}: the file name {path!r} is not UTF-8; rename it (or the "
+                                   "folder) with UTF-8 characters")
     if require_labels:
         for image, label in samples:
             if not os.path.isfile(image):

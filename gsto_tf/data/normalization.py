@@ -11,6 +11,10 @@ import tensorflow as tf
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Every normalised value lies within [-2.12, 2.64] (0 and 255 through the statistics above). Inputs that claim to be
+# normalised but reach beyond +-NORMALIZED_LIMIT are 0-255 pixel values (or garbage) and are refused where a float
+# image enters a model from outside: the TFLite runner and the SavedModel's serving_normalized signature.
+NORMALIZED_LIMIT = 4.0
 
 
 def normalize_image(image, dtype=tf.float32):

@@ -26,7 +26,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from gsto_tf.atomic import make_temp_dir
+from gsto_tf.atomic import make_temp_dir, storage_errors
 from gsto_tf.data.registry import get_dataset_spec
 
 VERSION = 1
@@ -166,8 +166,10 @@ def ensure_synthetic(data_dir=None, **overrides):
     if os.path.isfile(os.path.join(root, "DONE")):
         return root
     parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    tmp = make_temp_dir(parent, ".synthetic-")
+    where = "$GSTO_TF_CACHE" if data_dir is None and "GSTO_TF_CACHE" in os.environ else "--data-dir"
+    with storage_errors(f"the synthetic dataset in {parent} ({where})"):
+        os.makedirs(parent, exist_ok=True)
+        tmp = make_temp_dir(parent, ".synthetic-")
     try:
         for split in ("train", "val"):
             _write_split(tmp, split, config[split], config)

@@ -9,6 +9,7 @@ import numpy as np
 
 from gsto_tf.checkpoints import check_num_classes
 from gsto_tf.data.decode import read_checked
+from gsto_tf.data.layouts import DatasetError
 from gsto_tf.data.registry import get_dataset_spec
 from gsto_tf.evaluation.inference import Predictor
 from gsto_tf.evaluation.instances import InstanceStats, category_indices, instance_label_path, read_instance_ids
@@ -35,7 +36,10 @@ def evaluate(model, dataset, spec, *, setting=None, limit=None, progress=True, o
     start = time.time()
     n = 0
     for n, sample in enumerate(read_checked(dataset), 1):  # a bad file: a one-line DatasetError naming it
-        pred = predictor.predict(sample["image"]).numpy()
+        try:
+            pred = predictor.predict(sample["image"]).numpy()
+        except ValueError as exc:  # too many pixels at the setting's largest scale
+            raise DatasetError(f"{sample['path'].numpy().decode()}: {exc}") from None
         label = sample["label"].numpy()
         confusion += confusion_matrix_np(label, pred, k, spec.ignore_label)
         path = sample["path"].numpy().decode()

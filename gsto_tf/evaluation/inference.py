@@ -21,6 +21,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from gsto_tf.images import inference_problem, too_many_pixels
 from gsto_tf.layers.resize import resize_bilinear
 from gsto_tf.models import outputs as out_names
 
@@ -46,13 +47,16 @@ class Predictor:
             raise ValueError("slide inference needs `crop_size` (window height, width)")
         if not scales or any(s <= 0 for s in scales):
             raise ValueError(f"`scales` must be positive factors, got {scales!r}")
+        if mode == "slide" and stride is None:
+            stride = tuple(int(math.ceil(c * 2 / 3)) for c in crop_size)  # HRNet: 2/3 of the window
+        problem = inference_problem(scales, crop_size if mode == "slide" else None, stride)
+        if problem:
+            raise ValueError(f"inference setting: {problem}")
         self._logits = _as_logits_fn(model)
         self.scales = tuple(float(s) for s in scales)
         self.flip = bool(flip)
         self.mode = mode
         self.crop_size = tuple(crop_size) if crop_size else None
-        if mode == "slide" and stride is None:
-            stride = tuple(int(math.ceil(c * 2 / 3)) for c in self.crop_size)  # HRNet: 2/3 of the window
         self.stride = tuple(stride) if stride else None
         self.flip_pairs = tuple(flip_pairs)
 
@@ -109,6 +113,9 @@ class Predictor:
         if image.shape.rank != 4 or image.shape[0] != 1 or image.shape[-1] != 3:
             raise ValueError(f"expected one image [H, W, 3] or [1, H, W, 3], got shape {image.shape}")
         h, w = int(image.shape[1]), int(image.shape[2])
+        problem = too_many_pixels(h, w, max(self.scales))
+        if problem:
+            raise ValueError(problem)
         total = None
         for s in self.scales:
             scaled = image if s == 1.0 else resize_bilinear(

@@ -70,7 +70,10 @@ def predict_files(model, paths, output_dir, palette, *, setting=None, opacity=0.
     written = []
     for path, (label_path, overlay_path) in outputs.items():
         rgb = load_rgb(path)
-        labels = predictor.predict(normalize_image(rgb)).numpy().astype(np.uint8)
+        try:
+            labels = predictor.predict(normalize_image(rgb)).numpy().astype(np.uint8)
+        except ValueError as exc:  # too many pixels at the setting's largest scale
+            raise ValueError(f"cannot predict {path}: {exc}") from None
         save_png(label_path, labels)
         save_png(overlay_path, overlay(rgb, labels, palette, opacity))
         written += [label_path, overlay_path]

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from gsto_tf.atomic import default_permissions, make_temp_dir, storage_errors
 from gsto_tf.checkpoints import check_finite
-from gsto_tf.data.normalization import normalize_image
+from gsto_tf.data.normalization import NORMALIZED_LIMIT, normalize_image
 from gsto_tf.layers.resize import resize_bilinear
 from gsto_tf.models import inference_model
 
@@ -90,7 +90,15 @@ class SegmentationServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
     def serve_normalized(self, images):
-        return self._predict(self._checked(images))
+        images = self._checked(images)
+        # NaN fails the comparison too: only finite values within the normalised range pass
+        in_range = tf.reduce_all(tf.abs(images) <= NORMALIZED_LIMIT)
+        check = tf.debugging.Assert(in_range, [
+            f"images: serving_normalized takes normalised images (values within +-{NORMALIZED_LIMIT:g}); found NaN, "
+            "Inf or larger values (0-255 pixels go to serving_default as uint8). Largest |value|:",
+            tf.reduce_max(tf.abs(images))])
+        with tf.control_dependencies([check]):
+            return self._predict(tf.identity(images))
 
 
 def export_saved_model(model, path, overwrite=False, max_pixels=DEFAULT_MAX_PIXELS, fold_batch_norm=True,

@@ -25,11 +25,14 @@ import tensorflow as tf
 
 from gsto_tf.atomic import write_atomically
 from gsto_tf.checkpoints import check_finite
-from gsto_tf.data.normalization import normalize_image
+from gsto_tf.data.normalization import NORMALIZED_LIMIT, normalize_image
 from gsto_tf.keras_internals import tflite_op_names
 from gsto_tf.models import inference_model
 
 QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8")
+# The largest image a dynamic-size model is run on by default (TFLiteRunner's max_pixels): 2048x2048. LiteRT plans
+# every buffer for the image's size; 3000x3000 takes about 6 GiB.
+DYNAMIC_MAX_PIXELS = 2048 * 2048
 
 
 def convert_to_tflite(model, input_size, quantize="none", representative_images=None, fold_batch_norm=True):
@@ -104,6 +107,8 @@ class TFLiteRunner:
     other dtypes are refused, so an image never runs unnormalised. A fixed-size model checks each image against its
     size; a dynamic-size one (exported with ``input_size=None``) is resized to each new image size
     (``resize_tensor_input`` + ``allocate_tensors``, cheap when the size repeats).
+    A float image must be normalised (values within +-NORMALIZED_LIMIT; NaN, Inf and 0-255 floats are refused), and
+    a dynamic-size model takes at most ``max_pixels`` pixels (default 2048x2048) per image.
     ``delegate="auto"`` uses LiteRT's default XNNPACK delegate and falls back to the plain builtin kernels if the
     delegate refuses the model (XNNPACK rejects, e.g., some degenerate int8 quantisation parameters);
     ``"xnnpack"`` never falls back, ``"none"`` never uses it. :attr:`delegate` says which one runs.
@@ -111,7 +116,7 @@ class TFLiteRunner:
 
     DELEGATES = ("auto", "xnnpack", "none")
 
-    def __init__(self, path, num_threads=None, delegate="auto"):
+    def __init__(self, path, num_threads=None, delegate="auto", max_pixels=DYNAMIC_MAX_PIXELS):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         path = os.fspath(path)
@@ -120,6 +125,7 @@ class TFLiteRunner:
         if delegate not in self.DELEGATES:
             raise ValueError(f"TFLiteRunner: `delegate` must be one of {self.DELEGATES}, got {delegate!r}")
         self.path = path
+        self.max_pixels = int(max_pixels)
         resolvers = {"xnnpack": OpResolverType.AUTO, "none": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
         attempts = ["xnnpack", "none"] if delegate == "auto" else [delegate]
         for k, name in enumerate(attempts):
@@ -165,6 +171,13 @@ class TFLiteRunner:
         image = image.astype(np.float32, copy=False)
         if 0 in image.shape:
             raise ValueError(f"{self.path}: empty image of shape {image.shape}")
+        if not np.all(np.abs(image) <= NORMALIZED_LIMIT):  # NaN fails the comparison too
+            raise ValueError(f"{self.path}: a float image must be normalised (values within +-{NORMALIZED_LIMIT:g}); "
+                             "this one holds NaN, Inf or larger values: pass 0-255 pixels as uint8 (normalised here)")
+        if self.dynamic and image.shape[1] * image.shape[2] > self.max_pixels:
+            raise ValueError(f"{self.path}: a {image.shape[1]}x{image.shape[2]} image is more than max_pixels="
+                             f"{self.max_pixels} for this dynamic-size model (memory grows with the image: 3000x3000 "
+                             "takes about 6 GiB); resize it, or raise max_pixels")
         (_, h, w, _), (_, got_h, got_w, _) = self.input_shape, image.shape
         if (h is not None and h != got_h) or (w is not None and w != got_w):
             raise ValueError(f"{self.path}: this TFLite model was exported for {h}x{w} images, got {got_h}x{got_w}; "

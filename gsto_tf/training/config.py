@@ -13,6 +13,7 @@ from typing import Optional
 import yaml
 
 from gsto_tf.atomic import write_atomically
+from gsto_tf.checkpoints.zoo import resolve_checkpoint
 from gsto_tf.user_input import YAMLInputError, did_you_mean, load_yaml, shorten, size_or_none
 
 # tf.distribute strategies by name, made by gsto_tf.training.distribute.make_strategy (`--strategy`, train.strategy).
@@ -46,7 +47,8 @@ class ModelConfig:
     # {"gate_style": "paper"} or {"gsto_parts": ["fusion_gates"]} for GSTO-HRNet, {"output_stride": 16} for a
     # ResNet context head. `sync_batchnorm` is set by the trainer from the number of replicas.
     options: dict = dataclasses.field(default_factory=dict)
-    pretrained: Optional[str] = None  # official ImageNet HRNet .pth / .npz, backbone keys only
+    # official ImageNet HRNet .pth / .npz (backbone keys), or a model trained here (.keras / zoo name: fine-tuning)
+    pretrained: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -288,8 +290,8 @@ def validate_config(config):
     if config.model.name not in available_models():
         hint = did_you_mean(config.model.name, available_models())
         problems.append(f"model.name: unknown model {shorten(config.model.name)}; {hint}`counts --all` lists every name")
-    if config.model.pretrained is not None and not os.path.isfile(config.model.pretrained):
-        problems.append(f"model.pretrained: file not found: {config.model.pretrained}")
+    if config.model.pretrained is not None and not os.path.isfile(resolve_checkpoint(config.model.pretrained)):
+        problems.append(f"model.pretrained: neither a file nor a zoo model: {config.model.pretrained}")
     if problems:
         raise ConfigError("; ".join(problems))
     return config

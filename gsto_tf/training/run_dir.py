@@ -24,6 +24,7 @@ except ImportError:  # Windows: no advisory locks; the folder is not locked
 import yaml
 
 from gsto_tf.atomic import remove_temp_files, storage_errors
+from gsto_tf.user_input import not_utf8
 
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".lock"
@@ -121,6 +122,9 @@ def claim_run_dir(run_dir, config):
     when it cannot be written (read-only, another user's, a full disk).
     """
     run_dir = os.fspath(run_dir)
+    if not_utf8(run_dir):
+        raise RunDirError(f"--run-dir {run_dir!r}: the path is not UTF-8, which TensorFlow's checkpoint writers need; "
+                          "choose a UTF-8 path")
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise RunDirError(f"--run-dir {run_dir}: exists and is a file, not a folder")
     try:

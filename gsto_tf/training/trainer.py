@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from gsto_tf.atomic import storage_errors
-from gsto_tf.checkpoints import load_torch_weights
+from gsto_tf.checkpoints import load_pretrained
 from gsto_tf.data import (
     augmentation,
     build_eval_dataset,
@@ -224,8 +224,7 @@ def _compiled_model(config, plan):
                               f"{clip(exc)}") from None
         model = compile_model(model, config, plan.spec, plan.total_steps)
     if config.model.pretrained:
-        report = load_torch_weights(model, config.model.pretrained, backbone_only=True)
-        print(report.summary())
+        print(load_pretrained(model, config.model.pretrained))
     return model
 
 
@@ -307,7 +306,9 @@ def _train(config, run_dir, plan, model, start, evaluate_at_end, verbose):
         # ProgressLog replaces Keras' progress bar, whose ETA after step 1 counted the graph tracing.
         callbacks = _callbacks(run_dir, state, nan_guard, run_eval, config, plan, initial_chunk, eval_context,
                                verbose)
-        with reading_data():  # a bad file: one line naming it, not a graph-execution error
+        # A bad file: one line naming it, not a graph-execution error (found by decoding the split file by file
+        # when the decoder itself does not name it, e.g. a JPEG corrupted in the middle).
+        with reading_data(list_samples(plan.spec, plan.data_dir, config.data.train_split)):
             history = model.fit(ds, epochs=num_chunks, steps_per_epoch=chunk, initial_epoch=initial_chunk,
                                 shuffle=False, callbacks=callbacks, verbose=0)
     final_loss = float(history.history["loss"][-1]) if history and history.history.get("loss") else float("nan")

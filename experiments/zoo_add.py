@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""Make a model-zoo folder (``gsto_tf/zoo/<name>/``) from a finished training run directory.
+
+Writes ``model.keras`` (the run's final.keras without its optimizer state, float32, BatchNorm not folded),
+``history.csv`` (the run's) and ``card.yaml``: the run's config, steps, wall time (``--wall-minutes``, or the run's
+``pilot_time.json``), the CPU, and single-scale mIoU with per-class IoU on each ``--splits`` split, measured here
+with the same code as ``gsto-tf eval --checkpoint <name> --split SPLIT --ss``.
+
+    python experiments/zoo_add.py runs/camvid_long/gsto camvid_gsto_hrnet_w18_small_v2 --data-dir CamVid \
+        --splits dev val
+"""
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+
+import yaml
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="a finished training run (config.yaml, history.csv, checkpoints/final.keras)")
+    parser.add_argument("name", help="zoo name (a plain name: letters, digits, '_')")
+    parser.add_argument("--data-dir", required=True, help="the dataset root, for the scores")
+    parser.add_argument("--splits", nargs="+", default=["val"], help="splits to score (default: val)")
+    parser.add_argument("--wall-minutes", type=float, help="training wall time (default: from pilot_time.json)")
+    parser.add_argument("--note", default="", help="one sentence on how the model was made")
+    return parser.parse_args(argv)
+
+
+def cpu_description():
+    """The CPU model and its bf16 instructions, as /proc/cpuinfo says."""
+    name, flags = "unknown CPU", []
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and name == "unknown CPU":
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].split()
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name}, {os.cpu_count()} cores, {'+'.join(bf16) if bf16 else 'no bf16 instructions'}"
+
+
+def score(checkpoint, dataset, data_dir, split):
+    from gsto_tf.checkpoints import load_checkpoint
+    from gsto_tf.data import build_eval_dataset, get_dataset_spec
+    from gsto_tf.evaluation import evaluate, test_setting
+    from gsto_tf.models import inference_model
+
+    spec = get_dataset_spec(dataset)
+    model, _ = load_checkpoint(checkpoint, num_classes=spec.num_classes)
+    metrics = evaluate(inference_model(model), build_eval_dataset(spec, data_dir, split=split), spec,
+                       setting=test_setting(spec).single_scale(), progress=False)
+    return {"miou": round(100 * float(metrics.miou), 2), "pixel_accuracy": round(100 * float(metrics.pixel_accuracy), 2),
+            "per_class_iou": {name: None if iou != iou else round(100 * float(iou), 2)
+                              for name, iou in zip(metrics.class_names, metrics.per_class_iou)}}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from gsto_tf.checkpoints import load_checkpoint
+    from gsto_tf.checkpoints.zoo import CARD_FILE, HISTORY_FILE, MODEL_FILE, ZOO_DIR
+
+    with open(os.path.join(args.run_dir, "config.yaml")) as f:
+        config = yaml.safe_load(f)
+    with open(os.path.join(args.run_dir, "history.csv"), newline="") as f:
+        history = list(csv.DictReader(f))
+    wall = args.wall_minutes
+    if wall is None:
+        with open(os.path.join(args.run_dir, "pilot_time.json")) as f:
+            wall = json.load(f)["wall_s"] / 60
+    folder = os.path.join(ZOO_DIR, args.name)
+    os.makedirs(folder, exist_ok=True)
+    model, _ = load_checkpoint(os.path.join(args.run_dir, "checkpoints", "final.keras"))
+    model.save(os.path.join(folder, MODEL_FILE))  # loaded without compiling: no optimizer state
+    shutil.copyfile(os.path.join(args.run_dir, "history.csv"), os.path.join(folder, HISTORY_FILE))
+    dataset = config["data"]["dataset"]
+    config["data"]["data_dir"] = None  # the machine's folder is no fact of the model
+    scores = {split: score(os.path.join(folder, MODEL_FILE), dataset, args.data_dir, split) for split in args.splits}
+    card = {
+        "name": args.name, "model": config["model"]["name"], "dataset": dataset,
+        "classes": list(scores[args.splits[0]]["per_class_iou"]),
+        "note": args.note,
+        "steps": int(history[-1]["step"]), "final_loss": round(float(history[-1]["loss"]), 4),
+        "wall_minutes": round(wall, 1), "cpu": cpu_description(),
+        "scores": scores,
+        "measure": {split: f"gsto-tf eval --dataset {dataset} --data-dir DIR --split {split} --checkpoint {args.name}"
+                    " --ss" for split in args.splits},
+        "config": config,
+    }
+    with open(os.path.join(folder, CARD_FILE), "w") as f:
+        yaml.safe_dump(card, f, sort_keys=False, width=110)
+    size = os.path.getsize(os.path.join(folder, MODEL_FILE)) / 2**20
+    print(f"wrote {folder} ({size:.1f} MB model): " + ", ".join(f"{s} {v['miou']:.2f}" for s, v in scores.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
