@@ -37,7 +37,7 @@ from gsto_tf.tables import print_and_write  # noqa: E402
 
 def build_variants(model, size, workdir, num_calibration, threads, failed, delegates):
     """name -> zero-argument callable running one batch-1 inference to a numpy result."""
-    image = tf.random.normal((1, *size, 3), seed=0)
+    image = tf.clip_by_value(tf.random.normal((1, *size, 3), seed=0), -2.0, 2.0)  # within the normalised range
     image_np = image.numpy()
     infer = inference_model(model, fold_batch_norm=False)  # the model as trained (inference_model is idempotent)
     keras_fn = tf.function(lambda x: infer(x, training=False))
