@@ -9,6 +9,7 @@ finished pilot is skipped on a rerun. One row per finished pilot goes to ``<out>
 wall and CPU minutes of its training process, the CPU's bf16 flags, dev and val mIoU (single scale, 360x480).
 
     python experiments/camvid_pilots.py --data-dir path/to/CamVid --out runs/camvid_pilots [--only NAME ...]
+    python experiments/camvid_pilots.py --out runs/camvid_pilots --report     # the table of docs/study.md
 """
 
 import argparse
@@ -25,13 +26,28 @@ FIELDS = ("pilot", "model", "recipe", "steps", "wall_min", "cpu_min", "cpu_bf16"
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", required=True, help="CamVid root (train/, trainannot/, val/, valannot/)")
+    parser.add_argument("--data-dir", help="CamVid root (train/, trainannot/, val/, valannot/); not for --report")
     parser.add_argument("--out", default="runs/camvid_pilots", help="output folder (default: %(default)s)")
     parser.add_argument("--pilots", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                          "camvid_pilots.yaml"),
                         help="YAML file {name: {section: {key: value}}} (default: camvid_pilots.yaml beside this)")
     parser.add_argument("--only", nargs="+", help="run these pilots only (default: all, in file order)")
-    return parser.parse_args(argv)
+    parser.add_argument("--report", action="store_true", help="only print pilots.csv as a markdown table")
+    args = parser.parse_args(argv)
+    if not args.report and not args.data_dir:
+        parser.error("--data-dir is required to run pilots")
+    return args
+
+
+def markdown(rows):
+    """The pilots table of docs/study.md."""
+    lines = ["| pilot | recipe (over the camvid card's) | steps | wall min | CPU min | bf16 | dev mIoU | val mIoU |",
+             "|---|---|---:|---:|---:|---|---:|---:|"]
+    for r in rows:
+        recipe = r["recipe"].replace(" train.epochs=null", "").replace(' train.mixed_precision="mixed_bfloat16"', "")
+        lines.append(f"| {r['pilot']} | `{recipe}` | {r['steps']} | {r['wall_min']} | {r['cpu_min']} | "
+                     f"{r['cpu_bf16']} | {r['dev_miou']} | {r['val_miou']} |")
+    return "\n".join(lines)
 
 
 def pilot_config(overrides, data_dir):
@@ -116,6 +132,9 @@ def main(argv=None):
     if os.path.isfile(table):
         with open(table, newline="") as f:
             rows = {row["pilot"]: row for row in csv.DictReader(f)}
+    if args.report:
+        print(markdown(list(rows.values())))
+        return 0
     for name in names:
         print(f"== pilot {name}: {describe(pilots[name])}", flush=True)
         rows[name] = run_pilot(name, pilots[name], args)

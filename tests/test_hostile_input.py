@@ -266,3 +266,12 @@ def test_negative_batch_norm_variance_is_refused_like_nan(tmp_path, capsys):
     model.save(tmp_path / "m.keras")
     _fails(capsys, ["eval", "--checkpoint", str(tmp_path / "m.keras"), "--dataset", "camvid"],
            "m.keras: weights hold NaN or Inf, or a negative BatchNorm variance (bn/moving_variance;")
+
+
+def test_browse_names_a_bad_label(tmp_path, capsys):
+    tiny_camvid(tmp_path / "data", n=1, h=24, w=32, splits=("train",), labels=[np.full((24, 32), 12, np.uint8)])
+    card = write_card(tmp_path / "c.yaml", recipe={"data": {"crop_size": [16, 16]}})
+    _fails(capsys, ["data", "browse", "--dataset", card, "--data-dir", str(tmp_path / "data"), "--num", "1",
+                    "--output", str(tmp_path / "b.png")],
+           f"{tmp_path}/data/trainannot/0001TP_000000.png: label values [12] are neither a class nor void")
+    assert not (tmp_path / "b.png").exists()

@@ -3,8 +3,8 @@ files.
 
 ``folders``: ``splits.<split>.images`` and ``.labels`` are folders under ``--data-dir`` (or lists of folders, taken
 in pairs); an image (``.png/.jpg/.jpeg``) and its label (``.png``) share their stem. ``list``: ``splits.<split>.list`` is a text file
-under ``--data-dir`` with one ``image_path label_path`` pair a line (paths relative to ``--data-dir``; ``#`` starts
-a comment). ``cityscapes``, ``pascal_context``, ``lip``: the published folder structures of those datasets.
+under ``--data-dir`` with one ``image_path label_path`` pair a line (paths relative to ``--data-dir``, quoted when they
+hold spaces or ``#``; ``#`` starts a comment). ``cityscapes``, ``pascal_context``, ``lip``: the published folder structures of those datasets.
 A folders or list split may keep only the images whose stem matches ``include`` and none of ``exclude``.
 """
 
@@ -95,8 +95,8 @@ def _list(spec, root, split):
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{list_file}: not UTF-8 text (byte {exc.start}); save the list as UTF-8") from None
     for number, line in enumerate(lines, 1):
-        try:  # shell quoting: "a name with spaces.png" or 'a#b.png'; # outside quotes starts a comment
-            parts = shlex.split(line, comments=True)
+        try:
+            parts = _list_fields(line)
         except ValueError as exc:
             raise DatasetError(f"{list_file}, line {number}: {exc} in {line.strip()[:120]!r}") from None
         if not parts:
@@ -107,6 +107,14 @@ def _list(spec, root, split):
                                f"{line.strip()[:120]!r}")
         samples.append(tuple(os.path.join(root, p) for p in parts))
     return samples
+
+
+def _list_fields(line):
+    """The fields of a list-file line: split at whitespace, "quoted" or 'quoted' fields may hold spaces and #, a #
+    outside quotes starts a comment; backslashes are kept as they are (Windows-style paths)."""
+    lexer = shlex.shlex(line, posix=True)
+    lexer.whitespace_split, lexer.commenters, lexer.escape = True, "#", ""
+    return list(lexer)
 
 
 def _cityscapes(spec, root, split):
