@@ -341,3 +341,21 @@ def test_unknown_dataset_for_train_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("train: unknown dataset 'nosuch'") and "\n" not in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_saved_by_an_earlier_version_still_resumes():
+    """Earlier config.yaml files lack data.train_split / val_split and hold null augmentation values."""
+    import yaml
+
+    from gsto_tf.training.run_dir import config_differences
+
+    config = make_config("synthetic", sets=["data.crop_size=[64,64]"])
+    config.data.scale_range = [0.75, 1.25]  # resolved from the card, as train() writes it now
+    saved = yaml.safe_load(yaml.safe_dump(config.to_dict()))
+    del saved["data"]["train_split"], saved["data"]["val_split"]
+    saved["data"]["scale_range"] = None
+    assert config_differences(saved, config) == []
+    config.data.train_split = "trainval"  # not the default: a different run
+    assert config_differences(saved, config) == [("data.train_split", "(absent)", "trainval")]
+    saved["data"]["crop_size"] = [32, 32]
+    assert ("data.crop_size", [32, 32], [64, 64]) in config_differences(saved, config)

@@ -30,6 +30,8 @@ CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".lock"
 # Keys that may change between the runs of one folder: where the same data lives, and how it is evaluated.
 FREE_KEYS = ("data.data_dir", "eval.")
+# Keys that config.yaml holds resolved (the card's or the default augmentation) where earlier versions saved null.
+RESOLVED_KEYS = ("data.crop_size", "data.scale_range", "data.base_size")
 # Sub-folders whose files are written atomically (a killed write leaves a temp file there).
 _ATOMIC_DIRS = ("", "checkpoints", "eval")
 
@@ -57,11 +59,16 @@ def config_differences(saved, config):
     """``[(key, saved value, new value)]`` for every key of the training configuration that differs."""
     old, new = _flatten(saved or {}), _flatten(_as_saved(config))
     missing = object()
+    defaults = _flatten(_as_saved(type(config)()))
     diffs = []
     for key in sorted(set(old) | set(new)):
         if key.startswith(FREE_KEYS):
             continue
         a, b = old.get(key, missing), new.get(key, missing)
+        # A run saved by an earlier version: a key it did not have yet, at its default, and an augmentation value
+        # saved as null (then: "the card's"), now written out resolved, are the same configuration.
+        if (a is missing and b == defaults.get(key, missing)) or (a is None and key in RESOLVED_KEYS):
+            continue
         if a != b:
             diffs.append((key, "(absent)" if a is missing else a, "(absent)" if b is missing else b))
     return diffs
