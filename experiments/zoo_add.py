@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Make a model-zoo folder (``gsto_tf/zoo/<name>/``) from a finished training run directory.
 
-Writes ``model.keras`` (the run's final.keras without its optimizer state, float32, BatchNorm not folded),
+Writes ``model.keras`` (the run's final.keras without its optimizer state, in float32 compute, BatchNorm not folded),
 ``history.csv`` (the run's) and ``card.yaml``: the run's config, steps, wall time (``--wall-minutes``, or the run's
 ``pilot_time.json``), the CPU, and single-scale mIoU with per-class IoU on each ``--splits`` split, measured here
 with the same code as ``gsto-tf eval --checkpoint <name> --split SPLIT --ss``.
 
-    python experiments/zoo_add.py runs/camvid_long/gsto camvid_gsto_hrnet_w18_small_v2 --data-dir CamVid \
-        --splits dev val
+    python experiments/zoo_add.py runs/camvid_gsto camvid_gsto_hrnet_w18_small_v2 --data-dir CamVid --splits dev val
+    python experiments/zoo_add.py --report camvid_gsto_hrnet_w18_small_v2     # its tables for docs/study.md
 """
 
 import argparse
@@ -22,13 +22,37 @@ import yaml
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", help="a finished training run (config.yaml, history.csv, checkpoints/final.keras)")
+    parser.add_argument("run_dir", nargs="?", help="a finished training run (config.yaml, history.csv, "
+                        "checkpoints/final.keras)")
     parser.add_argument("name", help="zoo name (a plain name: letters, digits, '_')")
-    parser.add_argument("--data-dir", required=True, help="the dataset root, for the scores")
+    parser.add_argument("--report", action="store_true", help="only print the shipped model's tables (markdown): "
+                        "per-class IoU and the evaluations during training")
+    parser.add_argument("--data-dir", help="the dataset root, for the scores")
     parser.add_argument("--splits", nargs="+", default=["val"], help="splits to score (default: val)")
     parser.add_argument("--wall-minutes", type=float, help="training wall time (default: from pilot_time.json)")
     parser.add_argument("--note", default="", help="one sentence on how the model was made")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.report and not (args.run_dir and args.data_dir):
+        parser.error("a run directory and --data-dir are needed to add a model (or --report NAME)")
+    return args
+
+
+def report(name):
+    """Markdown: per-class IoU of each scored split, and the evaluations during training from the history."""
+    from gsto_tf.checkpoints import zoo_entry
+
+    entry = zoo_entry(name)
+    card, classes = entry.card, entry.card["classes"]
+    lines = [f"| {name} | mIoU | pixel acc. | " + " | ".join(classes) + " |", "|---|---:|---:|" + "---:|" * len(classes)]
+    for split, s in card["scores"].items():
+        cells = ["n/a" if s["per_class_iou"][c] is None else f"{s['per_class_iou'][c]:.1f}" for c in classes]
+        lines.append(f"| {split} | {s['miou']:.1f} | {s['pixel_accuracy']:.1f} | " + " | ".join(cells) + " |")
+    val_split = card["config"]["data"]["val_split"]
+    with open(entry.history, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val_miou")]
+    lines += ["", f"| step | {val_split} mIoU during training (PreciseBN) | loss |", "|---:|---:|---:|"]
+    lines += [f"| {r['step']} | {100 * float(r['val_miou']):.1f} | {float(r['loss']):.3f} |" for r in rows]
+    return "\n".join(lines)
 
 
 def cpu_description():
@@ -61,6 +85,9 @@ def score(checkpoint, dataset, data_dir, split):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.report:
+        print(report(args.name))
+        return 0
     from gsto_tf.checkpoints import load_checkpoint
     from gsto_tf.checkpoints.zoo import CARD_FILE, HISTORY_FILE, MODEL_FILE, ZOO_DIR
 
@@ -74,8 +101,14 @@ def main(argv=None):
             wall = json.load(f)["wall_s"] / 60
     folder = os.path.join(ZOO_DIR, args.name)
     os.makedirs(folder, exist_ok=True)
-    model, _ = load_checkpoint(os.path.join(args.run_dir, "checkpoints", "final.keras"))
-    model.save(os.path.join(folder, MODEL_FILE))  # loaded without compiling: no optimizer state
+    trained, _ = load_checkpoint(os.path.join(args.run_dir, "checkpoints", "final.keras"))
+    # Rebuilt in float32: a run under mixed_bfloat16 saves bf16 compute in its layers, which is slow on CPUs without
+    # bf16 instructions. The variables are float32 either way; no optimizer state is copied.
+    from gsto_tf.models import build
+
+    model = build(config["model"]["name"], trained.output["logits"].shape[-1], **config["model"]["options"])
+    model.set_weights(trained.get_weights())
+    model.save(os.path.join(folder, MODEL_FILE))
     shutil.copyfile(os.path.join(args.run_dir, "history.csv"), os.path.join(folder, HISTORY_FILE))
     dataset = config["data"]["dataset"]
     config["data"]["data_dir"] = None  # the machine's folder is no fact of the model

@@ -44,7 +44,7 @@ def test_help_lists_subcommands_datasets_and_models(top_help):
     assert top_help.stdout.startswith("usage: python -m gsto_tf ")
     for name in SUBCOMMANDS:
         assert re.search(rf"^\s+{name}\b", top_help.stdout, re.M), name
-    assert set(SUBCOMMANDS) == {"train", "eval", "predict", "export", "convert", "counts", "data", "visualize"}
+    assert set(SUBCOMMANDS) == {"train", "eval", "predict", "export", "convert", "counts", "data", "visualize", "zoo"}
     datasets = top_help.stdout.split("datasets (--dataset", 1)[1].split("\n\n", 1)[0]
     for name in available_datasets():
         assert name in datasets

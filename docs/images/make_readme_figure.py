@@ -63,8 +63,9 @@ def main(argv=None):
         panels = [(denormalize_image(image), "image\n", {}),
                   (colorize(label, spec.palette, spec.ignore_label), "ground truth\n", {}),
                   (colorize(predictor.predict(image).numpy(), spec.palette, spec.ignore_label), "prediction\n", {})]
-        low, high = gate_value_range([np.asarray(maps[name]) for name, _ in GATES])
-        panels += [(np.asarray(maps[name])[0, ..., 0], title, {"cmap": "magma", "vmin": low, "vmax": high})
+        maps = {name: np.asarray(maps[name], np.float32) for name, _ in GATES}  # bfloat16 maps do not draw
+        low, high = gate_value_range(list(maps.values()))
+        panels += [(maps[name][0, ..., 0], title, {"cmap": "magma", "vmin": low, "vmax": high})
                    for name, title in GATES]
         for ax, (img, title, style) in zip(axes[row], panels):
             shown = ax.imshow(img, **style)

@@ -55,14 +55,15 @@ _FUSION = re.compile(r"stage(\d+)\.(\d+)\.att_layers\.(\d+)\.(\d+)$")
 def gate_value_range(maps):
     """The colour range of gate maps: (0.5, 1) when every value is at least 0.5, as the official gates'
     ``1 + sigmoid`` halved always are, so the colours use the whole scale; (0, 1) otherwise (the paper's gate)."""
-    return (0.5, 1.0) if all(float(np.min(m)) >= 0.5 for m in maps) else (0.0, 1.0)
+    return (0.5, 1.0) if all(float(np.min(np.asarray(m, np.float32))) >= 0.5 for m in maps) else (0.0, 1.0)
 
 
 def gate_grid(gates, image, path):
     """Every gate map of a GSTO model on one image (``gates``: name -> [1, h, w, 1], e.g. from
     :func:`gsto_tf.models.gate_model`). Fusion gates are titled by module and source -> target branch."""
     names = list(gates)
-    low, high = gate_value_range([np.asarray(gates[n]) for n in names])
+    gates = {n: np.asarray(g, np.float32) for n, g in gates.items()}  # bfloat16 maps do not draw (mixed precision)
+    low, high = gate_value_range(list(gates.values()))
     cols = 6
     rows = int(np.ceil((len(names) + 1) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.0 * rows), squeeze=False)
@@ -92,7 +93,7 @@ def branch_feature_grid(features_by_model, image, path):
         axes[r, 0].imshow(denormalize_image(image))
         axes[r, 0].set_title(name, fontsize=9)
         for b, feat in enumerate(features_by_model[name]):
-            heat = np.abs(np.asarray(feat)[0]).mean(-1)
+            heat = np.abs(np.asarray(feat, np.float32)[0]).mean(-1)  # float32: bfloat16 means are coarse
             axes[r, b + 1].imshow(heat, cmap="viridis")
             axes[r, b + 1].set_title(f"branch {b} (stride {4 * 2 ** b})", fontsize=8)
     for ax in axes.ravel():
