@@ -14,12 +14,18 @@ wall and CPU minutes of its training process, the CPU's bf16 flags, dev and val 
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import sys
 import time
 
 import yaml
+
+# The CPU reader and the split evaluation of the zoo script (the same measurement as its cards).
+_spec = importlib.util.spec_from_file_location("zoo_add", os.path.join(os.path.dirname(__file__), "zoo_add.py"))
+zoo_add = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(zoo_add)
 
 FIELDS = ("pilot", "model", "recipe", "steps", "wall_min", "cpu_min", "cpu_bf16", "dev_miou", "val_miou")
 
@@ -65,23 +71,9 @@ def describe(overrides):
                     for s, values in overrides.items() for k, v in values.items())
 
 
-def cpu_bf16():
-    with open("/proc/cpuinfo") as f:
-        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    return "+".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "none"
-
-
 def val_miou(run_dir, data_dir):
     """Single-scale mIoU of the run's final.keras (PreciseBN statistics included) on CamVid val."""
-    from gsto_tf.checkpoints import load_checkpoint
-    from gsto_tf.data import build_eval_dataset, get_dataset_spec
-    from gsto_tf.evaluation import evaluate, test_setting
-    from gsto_tf.models import inference_model
-
-    spec = get_dataset_spec("camvid")
-    model, _ = load_checkpoint(os.path.join(run_dir, "checkpoints", "final.keras"), num_classes=spec.num_classes)
-    metrics = evaluate(inference_model(model), build_eval_dataset(spec, data_dir, split="val"), spec,
-                       setting=test_setting(spec).single_scale(), progress=False)
+    metrics = zoo_add.evaluate_split(os.path.join(run_dir, "checkpoints", "final.keras"), "camvid", data_dir, "val")
     metrics.save(os.path.join(run_dir, "eval"), "metrics_val")
     return metrics.miou
 
@@ -113,7 +105,7 @@ def run_pilot(name, overrides, args):
         dev = json.load(f)["mIoU"]
     return {"pilot": name, "model": config.model.name, "recipe": describe(overrides),
             "steps": config.train.steps, "wall_min": f"{spent['wall_s'] / 60:.1f}",
-            "cpu_min": f"{spent['cpu_s'] / 60:.1f}", "cpu_bf16": cpu_bf16(),
+            "cpu_min": f"{spent['cpu_s'] / 60:.1f}", "cpu_bf16": zoo_add.cpu_info()[1],
             "dev_miou": f"{100 * dev:.1f}", "val_miou": f"{100 * val_miou(run_dir, args.data_dir):.1f}"}
 
 

@@ -55,8 +55,9 @@ def report(name):
     return "\n".join(lines)
 
 
-def cpu_description():
-    """The CPU model and its bf16 instructions, as /proc/cpuinfo says."""
+def cpu_info():
+    """(model name, bf16 instructions such as ``avx512_bf16`` / ``amx_bf16`` joined by '+', or ``none``), as
+    /proc/cpuinfo says."""
     name, flags = "unknown CPU", []
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -64,11 +65,11 @@ def cpu_description():
                 name = line.split(":", 1)[1].strip()
             elif line.startswith("flags") and not flags:
                 flags = line.split(":", 1)[1].split()
-    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name}, {os.cpu_count()} cores, {'+'.join(bf16) if bf16 else 'no bf16 instructions'}"
+    return name, "+".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "none"
 
 
-def score(checkpoint, dataset, data_dir, split):
+def evaluate_split(checkpoint, dataset, data_dir, split):
+    """SegmentationMetrics of ``checkpoint`` on ``split``, single scale (as ``gsto-tf eval --split SPLIT --ss``)."""
     from gsto_tf.checkpoints import load_checkpoint
     from gsto_tf.data import build_eval_dataset, get_dataset_spec
     from gsto_tf.evaluation import evaluate, test_setting
@@ -76,8 +77,13 @@ def score(checkpoint, dataset, data_dir, split):
 
     spec = get_dataset_spec(dataset)
     model, _ = load_checkpoint(checkpoint, num_classes=spec.num_classes)
-    metrics = evaluate(inference_model(model), build_eval_dataset(spec, data_dir, split=split), spec,
-                       setting=test_setting(spec).single_scale(), progress=False)
+    return evaluate(inference_model(model), build_eval_dataset(spec, data_dir, split=split), spec,
+                    setting=test_setting(spec).single_scale(), progress=False)
+
+
+def score(checkpoint, dataset, data_dir, split):
+    """The card's scores of one split: mIoU, pixel accuracy and per-class IoU in %."""
+    metrics = evaluate_split(checkpoint, dataset, data_dir, split)
     return {"miou": round(100 * float(metrics.miou), 2), "pixel_accuracy": round(100 * float(metrics.pixel_accuracy), 2),
             "per_class_iou": {name: None if iou != iou else round(100 * float(iou), 2)
                               for name, iou in zip(metrics.class_names, metrics.per_class_iou)}}
@@ -113,12 +119,13 @@ def main(argv=None):
     dataset = config["data"]["dataset"]
     config["data"]["data_dir"] = None  # the machine's folder is no fact of the model
     scores = {split: score(os.path.join(folder, MODEL_FILE), dataset, args.data_dir, split) for split in args.splits}
+    cpu_name, bf16 = cpu_info()
     card = {
         "name": args.name, "model": config["model"]["name"], "dataset": dataset,
         "classes": list(scores[args.splits[0]]["per_class_iou"]),
         "note": args.note,
         "steps": int(history[-1]["step"]), "final_loss": round(float(history[-1]["loss"]), 4),
-        "wall_minutes": round(wall, 1), "cpu": cpu_description(),
+        "wall_minutes": round(wall, 1), "cpu": f"{cpu_name}, {os.cpu_count()} cores, {bf16}",
         "scores": scores,
         "measure": {split: f"gsto-tf eval --dataset {dataset} --data-dir DIR --split {split} --checkpoint {args.name}"
                     " --ss" for split in args.splits},

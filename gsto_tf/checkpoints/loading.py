@@ -179,7 +179,9 @@ def load_pretrained(model, source):
     if len(skipped) == len(model.weights):
         raise CheckpointError(f"{source}: no weight of model '{trained.name}' fits model '{model.name}' (another "
                               "architecture); a pretrained .keras must be the same model")
-    kept = f"; left initialised: {', '.join(skipped[:8])}" + (f" and {len(skipped) - 8} more" if len(skipped) > 8
-                                                              else "") if skipped else ""
-    return f"{source}: loaded {len(model.weights) - len(skipped)} of {len(model.weights)} weights{kept}"
-
+    summary = f"{source}: loaded {len(model.weights) - len(skipped)} of {len(model.weights)} weights"
+    if skipped:
+        summary += f"; left initialised: {', '.join(skipped[:8])}"
+    if len(skipped) > 8:
+        summary += f" and {len(skipped) - 8} more"
+    return summary

@@ -35,10 +35,6 @@ class ZooEntry:
     def history(self):
         return os.path.join(self.folder, HISTORY_FILE)
 
-    def score(self, split):
-        """mIoU (%) of ``split`` as the card states it, or None."""
-        return (self.card.get("scores", {}).get(split) or {}).get("miou")
-
     def summary(self):
         """One line: name, model, dataset, steps, the scores."""
         scores = ", ".join(f"{split} {values['miou']:.1f}" for split, values in self.card.get("scores", {}).items())

@@ -169,7 +169,7 @@ class _Plan:
 
     spec: object
     data_dir: str
-    num_samples: int
+    samples: list  # the (image, label) files of the training split
     strategy: object
     total_steps: int
     chunk: int
@@ -204,7 +204,7 @@ def _plan(config, run_dir, evaluates):
         raise ConfigError(f"train.global_batch_size={global_batch} is more than the {len(samples)} training images of "
                           f"dataset '{spec.name}'")
     total_steps = _total_steps(config, len(samples))
-    plan = _Plan(spec, data_dir, len(samples), strategy, total_steps,
+    plan = _Plan(spec, data_dir, samples, strategy, total_steps,
                  _chunking(total_steps, config.train.checkpoint_every))
     print(f"training {config.model.name} on {spec.name} ({len(samples)} images): {total_steps} steps, "
           f"global batch {global_batch} = {global_batch // replicas} per replica x {replicas} replica(s) "
@@ -308,7 +308,7 @@ def _train(config, run_dir, plan, model, start, evaluate_at_end, verbose):
                                verbose)
         # A bad file: one line naming it, not a graph-execution error (found by decoding the split file by file
         # when the decoder itself does not name it, e.g. a JPEG corrupted in the middle).
-        with reading_data(list_samples(plan.spec, plan.data_dir, config.data.train_split)):
+        with reading_data(plan.samples):
             history = model.fit(ds, epochs=num_chunks, steps_per_epoch=chunk, initial_epoch=initial_chunk,
                                 shuffle=False, callbacks=callbacks, verbose=0)
     final_loss = float(history.history["loss"][-1]) if history and history.history.get("loss") else float("nan")

@@ -55,7 +55,7 @@ _FUSION = re.compile(r"stage(\d+)\.(\d+)\.att_layers\.(\d+)\.(\d+)$")
 def gate_value_range(maps):
     """The colour range of gate maps: (0.5, 1) when every value is at least 0.5, as the official gates'
     ``1 + sigmoid`` halved always are, so the colours use the whole scale; (0, 1) otherwise (the paper's gate)."""
-    return (0.5, 1.0) if all(float(np.min(np.asarray(m, np.float32))) >= 0.5 for m in maps) else (0.0, 1.0)
+    return (0.5, 1.0) if all(float(np.min(m)) >= 0.5 for m in maps) else (0.0, 1.0)
 
 
 def gate_grid(gates, image, path):
